@@ -1,0 +1,39 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv and install the pinned
+# stack the first time (a few minutes), and only check a stamp file afterwards.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+OUT    ?= out/demo
+
+.PHONY: setup demo test test-fast bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-bigdl.txt requirements-dev.txt setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	@# BigDL's metadata pins pyspark/numpy versions that break the stack above: no deps.
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-bigdl.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/python -m pipeline ingest --source mnist --output $(OUT)/mnist --mode overwrite
+	@echo
+	@echo "demo outputs under $(OUT)/: mnist/images (Parquet, by split), mnist/rejected; runs table: out/runs"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -rs tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline jobs tests bench
+
+clean:
+	rm -rf out build dist *.egg-info spark-warehouse bench/.data

@@ -1,0 +1,175 @@
+"""Atomic outputs and the `runs` table.
+
+Paths go through Hadoop's FileSystem (via the JVM), so the same code commits to a local disk,
+HDFS or an object store: write to `<out>.__tmp_<run_id>`, then rename into place on success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+
+
+def absolute(path: str) -> str:
+    """Local paths become absolute, so driver and executors agree on them; URIs pass through."""
+    return path if _SCHEME.match(path) else os.path.abspath(path)
+
+
+def is_local(path: str) -> bool:
+    return not _SCHEME.match(path) or path.startswith("file:")
+
+
+def local_path(path: str) -> str:
+    return re.sub(r"^file:(//)?", "", path) if path.startswith("file:") else path
+
+
+class HadoopFS:
+    """The few FileSystem calls the jobs need, for any path Spark can write."""
+
+    def __init__(self, spark):
+        self._jvm = spark.sparkContext._jvm
+        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
+
+    def _resolve(self, path: str):
+        p = self._jvm.org.apache.hadoop.fs.Path(path)
+        return p.getFileSystem(self._conf), p
+
+    def exists(self, path: str) -> bool:
+        fs, p = self._resolve(path)
+        return fs.exists(p)
+
+    def delete(self, path: str) -> None:
+        fs, p = self._resolve(path)
+        if fs.exists(p):
+            fs.delete(p, True)
+
+    def rename(self, src: str, dst: str) -> None:
+        fs, p = self._resolve(src)
+        if not fs.rename(p, self._jvm.org.apache.hadoop.fs.Path(dst)):
+            raise PipelineError(f"could not move {src} to {dst}")
+
+    def qualify(self, path: str) -> str:
+        fs, p = self._resolve(path)
+        return fs.makeQualified(p).toString()
+
+    def list_dirs(self, path: str) -> list[str]:
+        """Names of the visible sub-folders (Spark's own rule: names starting with . or _ are hidden)."""
+        fs, p = self._resolve(path)
+        return sorted(s.getPath().getName() for s in fs.listStatus(p)
+                      if s.isDirectory() and not s.getPath().getName().startswith((".", "_")))
+
+
+def check_writable(output: str, mode: str) -> None:
+    """Fail before any work when a local output cannot be created, or exists without overwrite."""
+    if not is_local(output):
+        return
+    out = local_path(output)
+    if os.path.exists(out) and mode != "overwrite":
+        raise PipelineError(f"--output {output} already exists (use --mode overwrite to replace it)")
+    parent = os.path.dirname(os.path.abspath(out)) or "."
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise PipelineError(f"--output {output}: cannot create {parent} ({exc.strerror})") from None
+    if not os.access(parent, os.W_OK):
+        raise PipelineError(f"--output {output}: {parent} is not writable")
+
+
+@contextlib.contextmanager
+def atomic_output(spark, output: str, run_id: str, mode: str = "error"):
+    """Yield a temporary path to write into; move it to `output` only if the block succeeds."""
+    fs = HadoopFS(spark)
+    if fs.exists(output) and mode != "overwrite":
+        raise PipelineError(f"--output {output} already exists (use --mode overwrite to replace it)")
+    tmp = f"{output}.__tmp_{run_id}"
+    try:
+        yield tmp
+    except BaseException:
+        fs.delete(tmp)
+        raise
+    old = f"{output}.__old_{run_id}"
+    if fs.exists(output):
+        fs.rename(output, old)
+    fs.rename(tmp, output)
+    fs.delete(old)
+
+
+def git_rev() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        return subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        from pipeline import __version__
+        return __version__
+
+
+def new_run_id(job: str) -> str:
+    return f"{job}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Run:
+    """One job execution; becomes one row of the `runs` table."""
+
+    job: str
+    config: dict
+    run_id: str = ""
+    started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    rows_in: int | None = None
+    rows_out: int | None = None
+    rows_rejected: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.run_id = self.run_id or new_run_id(self.job)
+
+    def check_counts(self) -> None:
+        """Nothing read is lost: every input row is either written or rejected."""
+        if self.rows_in != (self.rows_out or 0) + (self.rows_rejected or 0):
+            raise PipelineError(f"row accounting failed: read {self.rows_in}, wrote {self.rows_out}, "
+                                f"rejected {self.rows_rejected}; nothing was committed")
+
+
+RUNS_SCHEMA = ("run_id string, job string, status string, started_at timestamp, ended_at timestamp, "
+               "duration_s double, git_rev string, host string, spark_master string, app_id string, "
+               "config string, outputs string, rows_in long, rows_out long, rows_rejected long, "
+               "metrics map<string,double>, error string")
+
+
+@contextlib.contextmanager
+def recorded_run(spark, runs_table: str, job: str, config: dict):
+    """Run a job body and append its row (succeeded or failed) to the runs table."""
+    run = Run(job=job, config=config)
+    status, error = "succeeded", None
+    try:
+        yield run
+    except BaseException as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        ended = dt.datetime.now(dt.timezone.utc)
+        row = (run.run_id, job, status, run.started_at, ended, (ended - run.started_at).total_seconds(),
+               git_rev(), socket.gethostname(), spark.sparkContext.master, spark.sparkContext.applicationId,
+               json.dumps(config, default=str, sort_keys=True), json.dumps(run.outputs, sort_keys=True),
+               run.rows_in, run.rows_out, run.rows_rejected,
+               {k: float(v) for k, v in run.metrics.items()}, error)
+        try:
+            spark.createDataFrame([row], RUNS_SCHEMA).coalesce(1).write.mode("append").parquet(runs_table)
+        except Exception as exc:  # a broken runs table must not hide the job's own outcome
+            log.error("could not append to runs table %s: %s", runs_table, exc)

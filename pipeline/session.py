@@ -1,0 +1,96 @@
+"""The one place that builds a SparkSession (and, when asked, the BigDL context on it)."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import sys
+
+from pipeline.config import Profile, conf_dir
+
+log = logging.getLogger(__name__)
+
+
+def _under_spark_submit() -> bool:
+    # spark-submit starts the JVM first and hands its gateway to Python through these variables.
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def bigdl_jars() -> list[str]:
+    import bigdl  # the jars ship inside the pip wheels
+
+    roots = [os.path.join(p, "share") for p in bigdl.__path__]
+    jars = sorted(j for root in roots for j in glob.glob(os.path.join(root, "*", "lib", "*.jar")))
+    if not jars:
+        from pipeline.errors import PipelineError
+        raise PipelineError("BigDL is installed but its jars are missing (expected bigdl/share/*/lib/*.jar)")
+    return jars
+
+
+def base_conf(profile: Profile, *, bigdl: bool = False) -> dict[str, str]:
+    """Settings every job gets, then the profile's, then what BigDL needs."""
+    log4j = conf_dir() / "log4j2.properties"
+    java_opts = f"-Dlog4j2.configurationFile=file:{log4j}"
+    conf = {
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
+        "spark.driver.extraJavaOptions": java_opts,
+        "spark.executor.extraJavaOptions": java_opts,
+        "spark.sql.sources.partitionOverwriteMode": "static",
+        "spark.ui.showConsoleProgress": "true",
+    }
+    conf.update(profile.spark)
+    if bigdl:
+        from bigdl.dllib.utils.common import get_bigdl_conf
+
+        for key, value in get_bigdl_conf().items():
+            if key != "spark.driver.extraJavaOptions":  # theirs only turns log4j2 debug on
+                conf.setdefault(key, value)
+        jars = bigdl_jars()
+        conf["spark.jars"] = ",".join(filter(None, [conf.get("spark.jars"), *jars]))
+        conf["spark.driver.extraClassPath"] = ":".join(
+            filter(None, [*jars, conf.get("spark.driver.extraClassPath")]))
+    return conf
+
+
+def get_session(profile: Profile, app_name: str, *, bigdl: bool = False):
+    """Build (or join) the SparkSession for a job.
+
+    Under spark-submit the command line owns the master and any key it set; the profile fills
+    in the rest. Run as `python -m pipeline ...` the profile's master is used.
+    """
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if not _under_spark_submit():
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        if profile.master.startswith("local"):
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: stay on loopback
+    from pyspark import SparkConf, SparkContext
+    from pyspark.sql import SparkSession
+
+    conf = base_conf(profile, bigdl=bigdl)
+    if SparkContext._active_spark_context is None:
+        submitted: dict[str, str] = {}
+        if _under_spark_submit():
+            SparkContext._ensure_initialized()  # join spark-submit's JVM so its settings are visible
+            spark_conf = SparkConf()
+            submitted = dict(spark_conf.getAll())
+        else:
+            spark_conf = SparkConf().setMaster(profile.master)
+        spark_conf.setAppName(app_name)
+        for key, value in conf.items():
+            if key not in submitted:
+                spark_conf.set(key, value)
+        if bigdl:
+            from bigdl.dllib.nncontext import init_nncontext
+
+            sc = init_nncontext(spark_conf, redirect_spark_log=False)
+        else:
+            sc = SparkContext.getOrCreate(spark_conf)
+        sc.setLogLevel("WARN")
+        log.info("Spark %s on %s, UI at %s", sc.version, sc.master, sc.uiWebUrl)
+    elif bigdl:
+        from bigdl.dllib.nncontext import init_nncontext
+
+        init_nncontext(redirect_spark_log=False)  # an existing context: only start BigDL's engine
+    return SparkSession.builder.getOrCreate()
