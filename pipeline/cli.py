@@ -29,8 +29,13 @@ JOBS = {
 COMMON = ("job", "conf_file", "conf", "runs_table")
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not the usage block: it is what a scheduler's log shows
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict, dict]:
-    parser = argparse.ArgumentParser(prog="sparkgan", description="Distributed image pipelines on Spark.")
+    parser = Parser(prog="sparkgan", description="Distributed image pipelines on Spark.")
     sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
     parsers, defaults = {}, {}
     for name, spec in JOBS.items():

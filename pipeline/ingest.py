@@ -135,9 +135,14 @@ def split_of(key: str, split: tuple[tuple[str, float], ...]) -> str:
     return split[-1][0]
 
 
+def origin_of(path: str) -> str:
+    """Spark's image source spells local files file:///x where binaryFile says file:/x."""
+    return "file://" + path[5:] if path.startswith("file:/") and not path.startswith("file://") else path
+
+
 def _image_row(path, label, label_index, arr, split, resize):
     h, w, c, mode, data = im.array_to_row(im.resize_array(arr, resize))
-    return (path, path, label, label_index, h, w, c, mode, data, split, None)
+    return (path, origin_of(path), label, label_index, h, w, c, mode, data, split, None)
 
 
 def _rejected_row(path, reason):
@@ -248,6 +253,43 @@ def decode_idx(files: list[tuple[str, str, str, int, tuple[int, int]]], resize):
 
 # ---------------------------------------------------------------- the job
 
+def _visible(name: str) -> bool:
+    return not name.startswith((".", "_"))  # Spark's rule for hidden files and folders
+
+
+def list_files(fs: HadoopFS, root: str) -> tuple[int, list[str]]:
+    """(number of visible files, URIs of the zero-byte ones), streamed: nothing kept per file.
+
+    Local folders are walked with os.scandir (fast); other file systems through Hadoop's API.
+    """
+    count, empty = 0, []
+    if root.startswith("file:"):
+        stack = [local_path(root)]
+        while stack:
+            with os.scandir(stack.pop()) as entries:
+                for e in entries:
+                    if not _visible(e.name):
+                        continue
+                    if e.is_dir():
+                        stack.append(e.path)
+                    elif e.is_file():
+                        count += 1
+                        if e.stat().st_size == 0:
+                            empty.append(f"file:{e.path}")
+        return count, empty
+    jfs, jpath = fs._resolve(root)
+    it = jfs.listFiles(jpath, True)
+    prefix = len(jpath.toString().rstrip("/")) + 1
+    while it.hasNext():
+        status = it.next()
+        path = status.getPath().toString()
+        if all(_visible(part) for part in path[prefix:].split("/")):
+            count += 1
+            if status.getLen() == 0:
+                empty.append(path)
+    return count, empty
+
+
 def decoded_frame(spark, src: Source, opts):
     """The decoded (or rejected) rows of a source, and how many inputs were read."""
     n = max(1, opts.partitions)
@@ -268,17 +310,21 @@ def decoded_frame(spark, src: Source, opts):
     fs = HadoopFS(spark)
     root = fs.qualify(src.location)
     classes = fs.list_dirs(root)
+    count, empty = list_files(fs, root)
+    if count == 0:
+        raise PipelineError(f"--source {src.location}: the folder contains no files")
+    log.info("found %d files under %s in %d class folders", count, root, len(classes))
     # Many small files: a low open cost lets one task take many of them, and minPartitionNum
     # still spreads the work over --partitions tasks. No shuffle of the bytes is needed.
     spark.conf.set("spark.sql.files.openCostInBytes", str(64 * 1024))
     spark.conf.set("spark.sql.files.minPartitionNum", str(n))
     files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
              .select("path", "content"))
-    count = files.count()  # lists only: binaryFile skips the content when it is not selected
-    if count == 0:
-        raise PipelineError(f"--source {src.location}: the folder contains no files")
-    log.info("found %d files under %s in %d class folders", count, root, len(classes))
-    return files.mapInPandas(decode_files(root, classes, opts.split, opts.resize), DECODED_DDL), count
+    decoded = files.mapInPandas(decode_files(root, classes, opts.split, opts.resize), DECODED_DDL)
+    if empty:  # Spark's file scan skips zero-byte files; they are rejected here instead of lost
+        rejected = [_rejected_row(p, "empty file (0 bytes)") for p in empty]
+        decoded = decoded.unionByName(spark.createDataFrame(rejected, DECODED_DDL))
+    return decoded, count
 
 
 def validate(opts) -> Source:
