@@ -153,26 +153,58 @@ def _frame(rows) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*im.IMAGE_COLUMNS, "reason"])
 
 
+def _read_local(path: str) -> bytes:
+    with open(local_path(path), "rb") as fh:
+        return fh.read()
+
+
 def decode_files(root: str, classes: list[str], split, resize):
-    """mapInPandas body: (path, length, content) batches → decoded rows or rejected reasons."""
+    """mapInPandas body: batches of `path` (+ `content` when Spark read the bytes) → decoded rows.
+
+    Without a `content` column the file is read here, on the executor, from a local or shared
+    (NFS-style) path.
+    """
     class_index = {c: i for i, c in enumerate(classes)}
     prefix = root.rstrip("/") + "/"
 
     def run(batches):
         for pdf in batches:
+            contents = pdf["content"] if "content" in pdf else [None] * len(pdf)
             rows = []
-            for path, content in zip(pdf["path"], pdf["content"]):
+            for path, content in zip(pdf["path"], contents):
                 rel = path[len(prefix):] if path.startswith(prefix) else path
                 parts = rel.split("/")
                 label = parts[0] if len(parts) > 1 else None
                 try:
-                    arr = im.decode_image(content, resize)
+                    arr = im.decode_image(_read_local(path) if content is None else content, resize)
                     rows.append(_image_row(path, label, class_index.get(label), arr,
                                            split_of(rel, split), None))
                 except im.DecodeError as exc:
                     rows.append(_rejected_row(path, str(exc)))
+                except OSError as exc:
+                    rows.append(_rejected_row(path, f"unreadable file: {exc.strerror or exc}"))
             yield _frame(rows)
     return run
+
+
+def list_local(batches):
+    """mapInPandas body: folders → the visible files under them (Spark's hidden-name rule)."""
+    for pdf in batches:
+        paths = []
+        for folder, recursive in zip(pdf["folder"], pdf["recursive"]):
+            stack = [folder]
+            while stack:
+                with os.scandir(stack.pop()) as entries:
+                    for e in entries:
+                        if e.name.startswith((".", "_")):
+                            continue
+                        if e.is_dir():
+                            if recursive:
+                                stack.append(e.path)
+                        elif e.is_file():
+                            paths.append(f"file:{e.path}")
+        if paths:  # an empty object column trips pyspark 3.4's Arrow conversion
+            yield pd.DataFrame({"path": paths})
 
 
 @lru_cache(maxsize=None)
@@ -193,16 +225,30 @@ def load_bundled(name: str):
     raise PipelineError(f"unknown bundled set {name!r}")
 
 
+def bundled_paths(spark, name: str, partitions: int):
+    """`bundled:mnist/00042`-style keys, one per item, spread over `partitions` tasks."""
+    from pyspark.sql import functions as F
+
+    ids = spark.range(0, BUNDLED[name], numPartitions=min(partitions, BUNDLED[name]))
+    if name == "photos":
+        key = F.element_at(F.array(*map(F.lit, PHOTOS)), (F.col("id") + 1).cast("int"))
+    else:
+        key = F.lpad(F.col("id").cast("string"), 5, "0")
+    return ids.select(F.concat(F.lit(f"bundled:{name}/"), key).alias("path"))
+
+
 def decode_bundled(name: str, split, resize):
     def run(batches):
         imgs, labels = load_bundled(name)
         for pdf in batches:
             rows = []
-            for i in pdf["id"]:
-                key = f"{name}/{PHOTOS[i] if labels is None else f'{i:05d}'}"
-                label = None if labels is None else str(labels[i])
-                rows.append(_image_row(f"bundled:{key}", label, None if labels is None else int(labels[i]),
-                                       imgs[i], split_of(key, split), resize))
+            for path in pdf["path"]:
+                key = path[len("bundled:"):]
+                item = key.split("/", 1)[1]
+                i = PHOTOS.index(item) if labels is None else int(item)
+                label = None if labels is None else int(labels[i])
+                rows.append(_image_row(path, None if label is None else str(label), label, imgs[i],
+                                       split_of(key, split), resize))
             yield _frame(rows)
     return run
 
@@ -229,18 +275,29 @@ def _idx_payload(path: str, ndim: int) -> bytes:
         return fh.read()
 
 
+def idx_paths(spark, files, partitions: int):
+    """`file:/dir/train-images-idx3-ubyte.gz#00042`-style keys, one per record the header announces."""
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    frames = [spark.range(0, count, numPartitions=partitions)
+              .select(F.concat(F.lit(f"file:{img}#"), F.lpad(F.col("id").cast("string"), 5, "0")).alias("path"))
+              for img, _, _, count, _ in files]
+    return reduce(lambda a, b: a.unionByName(b), frames)
+
+
 def decode_idx(files: list[tuple[str, str, str, int, tuple[int, int]]], resize):
-    """Global row id → (file, record); records missing from a truncated file are rejected."""
-    starts = np.cumsum([0] + [f[3] for f in files])
+    """Record keys → rows; records missing from a truncated file are rejected."""
+    by_image = {f"file:{f[0]}": f for f in files}
 
     def run(batches):
         for pdf in batches:
             rows = []
-            for gid in pdf["id"]:
-                k = int(np.searchsorted(starts, gid, side="right") - 1)
-                img_path, lab_path, split, _, (h, w) = files[k]
-                i = int(gid - starts[k])
-                path = f"file:{img_path}#{i:05d}"
+            for path in pdf["path"]:
+                file_uri, _, index = path.rpartition("#")
+                img_path, lab_path, split, _, (h, w) = by_image[file_uri]
+                i = int(index)
                 pixels, labels = _idx_payload(img_path, 3), _idx_payload(lab_path, 1)
                 if (i + 1) * h * w > len(pixels) or i >= len(labels):
                     rows.append(_rejected_row(path, f"truncated IDX file: record {i} is missing"))
@@ -253,50 +310,37 @@ def decode_idx(files: list[tuple[str, str, str, int, tuple[int, int]]], resize):
 
 # ---------------------------------------------------------------- the job
 
-def _visible(name: str) -> bool:
-    return not name.startswith((".", "_"))  # Spark's rule for hidden files and folders
-
-
-def list_files(fs: HadoopFS, root: str) -> tuple[int, list[str]]:
-    """(number of visible files, URIs of the zero-byte ones), streamed: nothing kept per file.
-
-    Local folders are walked with os.scandir (fast); other file systems through Hadoop's API.
-    """
+def list_remote(fs: HadoopFS, root: str) -> tuple[int, list[str]]:
+    """(number of visible files, the zero-byte ones) under a non-local folder, via Hadoop's API."""
     count, empty = 0, []
-    if root.startswith("file:"):
-        stack = [local_path(root)]
-        while stack:
-            with os.scandir(stack.pop()) as entries:
-                for e in entries:
-                    if not _visible(e.name):
-                        continue
-                    if e.is_dir():
-                        stack.append(e.path)
-                    elif e.is_file():
-                        count += 1
-                        if e.stat().st_size == 0:
-                            empty.append(f"file:{e.path}")
-        return count, empty
     jfs, jpath = fs._resolve(root)
     it = jfs.listFiles(jpath, True)
     prefix = len(jpath.toString().rstrip("/")) + 1
     while it.hasNext():
         status = it.next()
         path = status.getPath().toString()
-        if all(_visible(part) for part in path[prefix:].split("/")):
+        if not any(part.startswith((".", "_")) for part in path[prefix:].split("/")):
             count += 1
             if status.getLen() == 0:
                 empty.append(path)
     return count, empty
 
 
-def decoded_frame(spark, src: Source, opts):
-    """The decoded (or rejected) rows of a source, and how many inputs were read."""
+@dataclass
+class Plan:
+    """What to read: `inputs` (one `path` per input item, the unit of accounting), `rows` (what the
+    decoder consumes: the same paths, or paths with their bytes) and the decoder itself."""
+
+    inputs: object
+    rows: object
+    decoder: object
+
+
+def plan(spark, src: Source, opts) -> Plan:
     n = max(1, opts.partitions)
     if src.kind == "bundled":
-        count = BUNDLED[src.location]
-        ids = spark.range(0, count, numPartitions=min(n, count))
-        return ids.mapInPandas(decode_bundled(src.location, opts.split, opts.resize), DECODED_DDL), count
+        paths = bundled_paths(spark, src.location, n)
+        return Plan(paths, paths, decode_bundled(src.location, opts.split, opts.resize))
     if src.kind == "idx":
         files = []
         for img, lab, split in src.idx_files:
@@ -304,27 +348,30 @@ def decoded_frame(spark, src: Source, opts):
             if count != nlab or len(shape) != 2:
                 raise PipelineError(f"{img}: {count} images of shape {shape} but {lab} has {nlab} labels")
             files.append((img, lab, split, count, shape))
-        total = sum(f[3] for f in files)
-        return spark.range(0, total, numPartitions=n).mapInPandas(decode_idx(files, opts.resize), DECODED_DDL), total
+        paths = idx_paths(spark, files, n)
+        return Plan(paths, paths, decode_idx(files, opts.resize))
 
     fs = HadoopFS(spark)
     root = fs.qualify(src.location)
     classes = fs.list_dirs(root)
-    count, empty = list_files(fs, root)
-    if count == 0:
-        raise PipelineError(f"--source {src.location}: the folder contains no files")
-    log.info("found %d files under %s in %d class folders", count, root, len(classes))
-    # Many small files: a low open cost lets one task take many of them, and minPartitionNum
-    # still spreads the work over --partitions tasks. No shuffle of the bytes is needed.
-    spark.conf.set("spark.sql.files.openCostInBytes", str(64 * 1024))
+    decoder = decode_files(root, classes, opts.split, opts.resize)
+    if root.startswith("file:"):
+        # Local or shared folders: executors list them (a task per class folder) and read the
+        # files themselves; the driver never holds the file list, so its memory stays flat.
+        units = [(os.path.join(src.location, c), True) for c in classes] + [(src.location, False)]
+        paths = (spark.createDataFrame(units, "folder string, recursive boolean").repartition(len(units))
+                 .mapInPandas(list_local, "path string"))
+        return Plan(paths, paths.repartition(n), decoder)
+    # Other file systems: Spark's binaryFile source reads the bytes. Its scan skips zero-byte
+    # files, so those (found by listing on the driver) are added back as empty rows.
+    _, empty = list_remote(fs, root)
+    spark.conf.set("spark.sql.files.openCostInBytes", str(64 * 1024))  # many small files per task
     spark.conf.set("spark.sql.files.minPartitionNum", str(n))
-    files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
-             .select("path", "content"))
-    decoded = files.mapInPandas(decode_files(root, classes, opts.split, opts.resize), DECODED_DDL)
-    if empty:  # Spark's file scan skips zero-byte files; they are rejected here instead of lost
-        rejected = [_rejected_row(p, "empty file (0 bytes)") for p in empty]
-        decoded = decoded.unionByName(spark.createDataFrame(rejected, DECODED_DDL))
-    return decoded, count
+    rows = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
+            .select("path", "content"))
+    if empty:
+        rows = rows.unionByName(spark.createDataFrame([(p, b"") for p in empty], "path string, content binary"))
+    return Plan(rows.select("path"), rows, decoder)
 
 
 def validate(opts) -> Source:
@@ -339,28 +386,41 @@ def validate(opts) -> Source:
 
 
 def run(spark, opts, run, src: Source) -> dict:
-    from pyspark import StorageLevel
+    """Decode once into the images table; then find the inputs it lacks (an anti-join on path),
+    decode only those again for their reasons, and account for every input."""
     from pyspark.sql import functions as F
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(opts.batch_rows))
-    decoded, rows_in = decoded_frame(spark, src, opts)
-    decoded = decoded.persist(StorageLevel.DISK_ONLY)  # decode once, write two tables
-    run.rows_in = rows_in
+    p = plan(spark, src, opts)
+    inputs = p.inputs.persist()  # paths only: small, and the same set for every pass below
     try:
+        run.rows_in = inputs.count()
+        if run.rows_in == 0:
+            raise PipelineError(f"--source {opts.source}: the folder contains no files")
+        log.info("ingesting %d inputs from %s:%s", run.rows_in, src.kind, src.location)
         with atomic_output(spark, opts.output, run.run_id, opts.mode) as tmp:
-            ok = decoded.where(F.col("reason").isNull())
-            ok.select(*im.IMAGE_COLUMNS).write.partitionBy("split").parquet(f"{tmp}/images")
-            (decoded.where(F.col("reason").isNotNull())
+            decoded = p.rows.mapInPandas(p.decoder, DECODED_DDL)
+            (decoded.where(F.col("reason").isNull()).select(*im.IMAGE_COLUMNS)
+             .write.partitionBy("split").parquet(f"{tmp}/images"))
+            written = spark.read.parquet(f"{tmp}/images") if HadoopFS(spark).has_data(f"{tmp}/images") else None
+            missing = inputs if written is None else inputs.join(written.select("path"), "path", "left_anti")
+            retry = missing if p.rows is p.inputs else p.rows.join(missing, "path")
+            (retry.mapInPandas(p.decoder, DECODED_DDL).where(F.col("reason").isNotNull())
              .select("path", "reason", F.lit("decode").alias("stage"), F.lit(run.run_id).alias("run_id"))
              .coalesce(1).write.parquet(f"{tmp}/rejected"))
-            written = spark.read.parquet(f"{tmp}/images")
-            run.rows_out = written.count()
-            run.rows_rejected = spark.read.parquet(f"{tmp}/rejected").count()
-            run.check_counts()
+            rejected = spark.read.parquet(f"{tmp}/rejected")
+            if written is None:
+                reasons = [r.reason for r in rejected.select("reason").distinct().take(3)]
+                raise PipelineError(f"--source {opts.source}: no file could be decoded "
+                                    f"(e.g. {'; '.join(reasons)}); nothing was written")
             per_split = {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}
+            run.rows_out = sum(per_split.values())
+            run.rows_rejected = rejected.count()
+            run.check_counts()
     finally:
-        decoded.unpersist()
+        inputs.unpersist()
     run.outputs = {"images": f"{opts.output}/images", "rejected": f"{opts.output}/rejected"}
     run.metrics = {f"rows_{k}": v for k, v in per_split.items()}
-    return {"source": f"{src.kind}:{src.location}", "rows_in": rows_in, "rows_out": run.rows_out,
+    return {"source": f"{src.kind}:{src.location}", "rows_in": run.rows_in, "rows_out": run.rows_out,
             "rows_rejected": run.rows_rejected, "per_split": per_split, **run.outputs}
+

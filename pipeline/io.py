@@ -66,6 +66,11 @@ class HadoopFS:
         fs, p = self._resolve(path)
         return fs.makeQualified(p).toString()
 
+    def has_data(self, path: str) -> bool:
+        """False for a folder holding only markers (a write of zero rows leaves just _SUCCESS)."""
+        fs, p = self._resolve(path)
+        return any(not s.getPath().getName().startswith(("_", ".")) for s in fs.listStatus(p))
+
     def list_dirs(self, path: str) -> list[str]:
         """Names of the visible sub-folders (Spark's own rule: names starting with . or _ are hidden)."""
         fs, p = self._resolve(path)
