@@ -24,6 +24,8 @@ class JobSpec:
 # Job modules keep heavy imports (torch, tensorflow, bigdl) inside functions, so listing is cheap.
 JOBS = {
     "ingest": JobSpec("pipeline.ingest", "image folders / IDX files / bundled sets → images Parquet"),
+    "train_digits": JobSpec("pipeline.digits", "LeNet-5 digit recognition trained with BigDL", bigdl=True),
+    "predict_digits": JobSpec("pipeline.digits_predict", "batch inference with a saved LeNet-5", bigdl=True),
 }
 
 COMMON = ("job", "conf_file", "conf", "runs_table")

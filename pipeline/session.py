@@ -54,6 +54,26 @@ def base_conf(profile: Profile, *, bigdl: bool = False) -> dict[str, str]:
     return conf
 
 
+def _check_bigdl_conf(spark_conf) -> None:
+    """BigDL's own failures here are Java stack traces; say what to change instead."""
+    from pipeline.errors import PipelineError
+
+    master = spark_conf.get("spark.master", "")
+    if not master.startswith("local") and not spark_conf.get("spark.executor.cores", None):
+        raise PipelineError("BigDL needs the executor core count on a cluster: pass --executor-cores N to "
+                            "spark-submit (or set spark.executor.cores in the profile, as conf/cluster.yaml does)")
+    if master.startswith("spark://") and not spark_conf.get("spark.cores.max", None):
+        raise PipelineError("BigDL needs the total core count on a standalone cluster: pass "
+                            "--total-executor-cores N to spark-submit (or set spark.cores.max in the profile)")
+    if _under_spark_submit():
+        from py4j.java_gateway import JavaClass
+        from pyspark import SparkContext
+
+        if not isinstance(SparkContext._jvm.com.intel.analytics.bigdl.dllib.utils.Engine, JavaClass):
+            raise PipelineError("BigDL's jars are not on the driver: add --jars $(python -m pipeline.jars) "
+                                "to spark-submit")
+
+
 def get_session(profile: Profile, app_name: str, *, bigdl: bool = False):
     """Build (or join) the SparkSession for a job.
 
@@ -82,6 +102,7 @@ def get_session(profile: Profile, app_name: str, *, bigdl: bool = False):
             if key not in submitted:
                 spark_conf.set(key, value)
         if bigdl:
+            _check_bigdl_conf(spark_conf)
             from bigdl.dllib.nncontext import init_nncontext
 
             sc = init_nncontext(spark_conf, redirect_spark_log=False)

@@ -17,7 +17,7 @@ def pytest_configure(config):
 def spark():
     profile = load_profile(None, ["spark.sql.shuffle.partitions=4", "spark.ui.showConsoleProgress=false"])
     profile.master = "local[2]"
-    session = get_session(profile, "sparkgan-tests")
+    session = get_session(profile, "sparkgan-tests", bigdl=True)  # BigDL jars for the in-process jobs
     yield session
     session.stop()
 

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# A real Spark standalone cluster on loopback: one master and N workers, from the sbin scripts
+# BigDL's wheel ships (no Spark download needed).
+#   scripts/standalone.sh start [WORKERS] [CORES_PER_WORKER]   prints the master URL
+#   scripts/standalone.sh stop                                  stops it and removes work dirs
+# State (logs, pids, worker work dirs) lives in $SPARKGAN_CLUSTER_DIR (default: out/cluster).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+STATE=${SPARKGAN_CLUSTER_DIR:-$PWD/out/cluster}
+SPARK_HOME=$($PY -c "import os, pyspark; print(os.path.dirname(pyspark.__file__))")
+ZOO_STANDALONE_HOME=$($PY -c "import os, bigdl; print(os.path.join(list(bigdl.__path__)[0], 'share/dllib/bin/standalone'))")
+export SPARK_HOME ZOO_STANDALONE_HOME
+export SPARK_MASTER_HOST=127.0.0.1 SPARK_LOCAL_IP=127.0.0.1
+export SPARK_LOG_DIR=$STATE/logs SPARK_PID_DIR=$STATE/pids SPARK_WORKER_DIR=$STATE/work
+export SPARK_IDENT_STRING=sparkgan
+port() { $PY -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
+
+case "${1:-}" in
+start)
+  workers=${2:-2}; cores=${3:-1}
+  mkdir -p "$STATE"
+  export SPARK_MASTER_PORT=${SPARK_MASTER_PORT:-$(port)} SPARK_MASTER_WEBUI_PORT=$(port)
+  "$ZOO_STANDALONE_HOME/sbin/start-master.sh" >/dev/null
+  url="spark://127.0.0.1:$SPARK_MASTER_PORT"
+  for _ in $(seq 1 50); do (echo > "/dev/tcp/127.0.0.1/$SPARK_MASTER_PORT") 2>/dev/null && break; sleep 0.2; done
+  export SPARK_WORKER_INSTANCES=$workers SPARK_WORKER_CORES=$cores SPARK_WORKER_MEMORY=${SPARK_WORKER_MEMORY:-3g}
+  export SPARK_WORKER_WEBUI_PORT=$(port)
+  "$ZOO_STANDALONE_HOME/sbin/start-worker.sh" "$url" >/dev/null
+  echo "$url" > "$STATE/master-url"
+  echo "webui=http://127.0.0.1:$SPARK_MASTER_WEBUI_PORT" > "$STATE/master-webui"
+  echo "$url"
+  ;;
+stop)
+  if [ -d "$STATE/pids" ]; then
+    for pid_file in "$STATE"/pids/*.pid; do
+      [ -e "$pid_file" ] || continue
+      kill "$(cat "$pid_file")" 2>/dev/null || true
+      rm -f "$pid_file"
+    done
+  fi
+  rm -rf "$STATE/work" "$STATE/master-url"
+  ;;
+*)
+  echo "usage: $0 start [WORKERS] [CORES_PER_WORKER] | stop" >&2; exit 2 ;;
+esac
