@@ -13,13 +13,13 @@ DATA = os.path.join(ROOT, "bench", ".data")
 sys.path.insert(0, ROOT)
 
 
-def local_spark(master: str = "local[2]", **conf):
+def local_spark(master: str = "local[2]", bigdl: bool = False, **conf):
     from pipeline.config import load_profile
     from pipeline.session import get_session
 
     profile = load_profile(None, ["spark.ui.showConsoleProgress=false", *(f"{k}={v}" for k, v in conf.items())])
     profile.master = master
-    spark = get_session(profile, "sparkgan-bench")
+    spark = get_session(profile, "sparkgan-bench", bigdl=bigdl)
     spark.range(100).selectExpr("sum(id)").collect()  # JVM and Python workers warm before timing
     return spark
 
