@@ -20,8 +20,9 @@ $(STAMP): requirements.txt requirements-bigdl.txt requirements-dev.txt setup.py
 
 demo: $(STAMP)
 	$(BIN)/python -m pipeline ingest --source mnist --output $(OUT)/mnist --mode overwrite
-	@echo
-	@echo "demo outputs under $(OUT)/: mnist/images (Parquet, by split), mnist/rejected; runs table: out/runs"
+	$(BIN)/python -m pipeline train_digits --input $(OUT)/mnist/images --output $(OUT)/digits --mode overwrite
+	@echo; echo "== demo summary (runs table out/runs) =="
+	@$(BIN)/python -m pipeline.runs out/runs --last 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs tests
