@@ -26,6 +26,9 @@ JOBS = {
     "ingest": JobSpec("pipeline.ingest", "image folders / IDX files / bundled sets → images Parquet"),
     "train_digits": JobSpec("pipeline.digits", "LeNet-5 digit recognition trained with BigDL", bigdl=True),
     "predict_digits": JobSpec("pipeline.digits_predict", "batch inference with a saved LeNet-5", bigdl=True),
+    "featurize": JobSpec("pipeline.featurize", "images → features with a pretrained Keras model"),
+    "transfer": JobSpec("pipeline.transfer", "features → Spark ML LogisticRegression (transfer learning)"),
+    "transfer_demo": JobSpec("pipeline.demo_transfer", "offline transfer-learning demo on MNIST digits"),
 }
 
 COMMON = ("job", "conf_file", "conf", "runs_table")

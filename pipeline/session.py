@@ -74,6 +74,22 @@ def _check_bigdl_conf(spark_conf) -> None:
                                 "to spark-submit")
 
 
+def _init_bigdl(spark_conf=None):
+    from bigdl.dllib.nncontext import init_nncontext
+
+    # BigDL sets PYTHONHOME to the venv, which breaks every Python started from this process
+    # (a venv has no standard library of its own). Keep whatever was there before.
+    saved = os.environ.get("PYTHONHOME")
+    try:
+        return init_nncontext(spark_conf, redirect_spark_log=False) if spark_conf is not None \
+            else init_nncontext(redirect_spark_log=False)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONHOME", None)
+        else:
+            os.environ["PYTHONHOME"] = saved
+
+
 def get_session(profile: Profile, app_name: str, *, bigdl: bool = False):
     """Build (or join) the SparkSession for a job.
 
@@ -103,15 +119,11 @@ def get_session(profile: Profile, app_name: str, *, bigdl: bool = False):
                 spark_conf.set(key, value)
         if bigdl:
             _check_bigdl_conf(spark_conf)
-            from bigdl.dllib.nncontext import init_nncontext
-
-            sc = init_nncontext(spark_conf, redirect_spark_log=False)
+            sc = _init_bigdl(spark_conf)
         else:
             sc = SparkContext.getOrCreate(spark_conf)
         sc.setLogLevel("WARN")
         log.info("Spark %s on %s, UI at %s", sc.version, sc.master, sc.uiWebUrl)
     elif bigdl:
-        from bigdl.dllib.nncontext import init_nncontext
-
-        init_nncontext(redirect_spark_log=False)  # an existing context: only start BigDL's engine
+        _init_bigdl()  # an existing context: only start BigDL's engine
     return SparkSession.builder.getOrCreate()

@@ -1,0 +1,98 @@
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import images as im
+from pipeline.errors import PipelineError
+from pipeline.featurize import APPLICATIONS, DeepImageFeaturizer, build_model, to_model_input
+from pipeline.ingest import load_bundled
+
+
+@pytest.fixture(scope="module")
+def photos(spark):
+    """Six real photographs (gray, RGB and RGBA) as an image DataFrame, plus one broken row."""
+    rows = []
+    for name, arr in zip(("astronaut", "camera", "cat", "coffee", "logo", "moon"), load_bundled("photos")[0][:6]):
+        h, w, c, mode, data = im.array_to_row(np.asarray(arr)[:160, :200])
+        rows.append((f"bundled:photos/{name}", f"bundled:photos/{name}", None, None, h, w, c, mode, data, "test"))
+    rows.append(("broken", "broken", None, None, 10, 10, 3, 16, b"\x00" * 7, "test"))
+    return spark.createDataFrame(rows, im.IMAGE_DDL)
+
+
+def plain_features(df, model_name=None, model_file=None, layer=None):
+    model, shape, preprocess = build_model(model_name, model_file, None, layer)
+    rows = df.where("path != 'broken'").orderBy("path").collect()
+    x = np.stack([to_model_input(r.height, r.width, r.nChannels, r.data, shape) for r in rows])
+    return [r.path for r in rows], np.asarray(model.predict(preprocess(x), verbose=0))
+
+
+def test_spark_features_equal_plain_keras_predict(spark, photos):
+    f = DeepImageFeaturizer(modelName="MobileNetV2", weights="random", batchSize=4)
+    out = f.transform(photos).orderBy("path").collect()
+    good = [r for r in out if r.path != "broken"]
+    paths, expected = plain_features(photos, model_name="MobileNetV2")
+    assert [r.path for r in good] == paths
+    got = np.stack([r.features.toArray() for r in good])
+    assert got.shape == (6, 1280)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    broken = next(r for r in out if r.path == "broken")
+    assert broken.features is None and "undecodable image row" in broken.featurize_error
+
+
+def test_image_source_struct_column_is_accepted(spark, photos):
+    struct_df = im.image_struct(photos.where("path != 'broken'")).select("path", "image")
+    f = DeepImageFeaturizer(inputCol="image", outputCol="vec", modelName="MobileNetV2", weights="random")
+    assert f.transform(struct_df).where("vec IS NOT NULL").count() == 6
+
+
+def test_bad_featurizer_input_is_explained(spark, photos, tmp_path, monkeypatch):
+    with pytest.raises(PipelineError, match="expected one of InceptionV3, Xception, ResNet50"):
+        DeepImageFeaturizer(modelName="AlexNet").transform(photos)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(PipelineError) as err:
+        DeepImageFeaturizer(modelName="ResNet50").transform(photos)
+    assert APPLICATIONS["ResNet50"].notop_file in str(err.value) and str(tmp_path / "models") in str(err.value)
+    with pytest.raises(PipelineError, match="inputCol 'path' has type string; expected an image struct"):
+        DeepImageFeaturizer(inputCol="path", modelName="MobileNetV2", weights="random").transform(photos)
+    with pytest.raises(PipelineError, match="modelFile .*: no such file"):
+        DeepImageFeaturizer(modelFile=str(tmp_path / "none.keras")).transform(photos)
+
+
+@pytest.mark.slow
+def test_featurize_job_pipeline_round_trip_and_transfer_beats_pixels(spark, cli, tmp_path):
+    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml.classification import LogisticRegression
+
+    assert cli("ingest", "--source", "mnist", "--output", tmp_path / "mnist")[0] == 0
+    images = str(tmp_path / "mnist" / "images")
+    code, out, err = cli("transfer_demo", "--input", images, "--output", tmp_path / "demo")
+    assert code == 0, err
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    acc = report["test_accuracy"]
+    print(report)
+    assert report["base_test_accuracy"] > 0.95
+    assert acc["transferred CNN features"] > acc["raw pixels"] + 0.01
+    for slug in ("transferred", "raw", "untrained"):
+        assert (tmp_path / "demo" / slug / "confusion_matrix.png").stat().st_size > 0
+
+    # The featurize job: features table + rejected table, a features vector per image.
+    model_file = tmp_path / "demo" / "cnn_pretrained.keras"
+    code, out, err = cli("featurize", "--input", images, "--output", tmp_path / "feat",
+                         "--model-file", model_file, "--feature-layer", "features")
+    assert code == 0, err
+    feats = spark.read.parquet(str(tmp_path / "feat" / "features"))
+    assert feats.count() == 5000 and spark.read.parquet(str(tmp_path / "feat" / "rejected")).count() == 0
+    assert len(feats.first().features) == 128 and feats.first().model_name == "cnn_pretrained.keras"
+
+    # Featurizer + LogisticRegression in one Pipeline: save, load, same predictions.
+    df = spark.read.parquet(images).where("label_index >= 5").limit(300)
+    pipe = Pipeline(stages=[DeepImageFeaturizer(modelFile=str(model_file), featureLayer="features"),
+                            LogisticRegression(labelCol="label_index", maxIter=50)])
+    fitted = pipe.fit(df)
+    fitted.write().overwrite().save(str(tmp_path / "pipe"))
+    loaded = PipelineModel.load(str(tmp_path / "pipe"))
+    a = [r.prediction for r in fitted.transform(df).orderBy("path").collect()]
+    b = [r.prediction for r in loaded.transform(df).orderBy("path").collect()]
+    assert a == b and len(a) == 300
+    assert loaded.stages[0].getOrDefault("featureLayer") == "features"
