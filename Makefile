@@ -21,8 +21,9 @@ $(STAMP): requirements.txt requirements-bigdl.txt requirements-dev.txt setup.py
 demo: $(STAMP)
 	$(BIN)/python -m pipeline ingest --source mnist --output $(OUT)/mnist --mode overwrite
 	$(BIN)/python -m pipeline train_digits --input $(OUT)/mnist/images --output $(OUT)/digits --mode overwrite
+	$(BIN)/python -m pipeline transfer_demo --input $(OUT)/mnist/images --output $(OUT)/transfer --mode overwrite
 	@echo; echo "== demo summary (runs table out/runs) =="
-	@$(BIN)/python -m pipeline.runs out/runs --last 2
+	@$(BIN)/python -m pipeline.runs out/runs --last 3
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs tests
@@ -32,6 +33,8 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/digits.py
+	$(BIN)/python bench/featurize.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline jobs tests bench
