@@ -22,8 +22,15 @@ demo: $(STAMP)
 	$(BIN)/python -m pipeline ingest --source mnist --output $(OUT)/mnist --mode overwrite
 	$(BIN)/python -m pipeline train_digits --input $(OUT)/mnist/images --output $(OUT)/digits --mode overwrite
 	$(BIN)/python -m pipeline transfer_demo --input $(OUT)/mnist/images --output $(OUT)/transfer --mode overwrite
+	$(BIN)/python -m pipeline train_gan --model dcgan --input $(OUT)/mnist/images --output $(OUT)/dcgan \
+		--steps 400 --mode overwrite
+	$(BIN)/python -m pipeline ingest --source photos --output $(OUT)/photos --mode overwrite
+	$(BIN)/python -m pipeline train_gan --model srgan --input $(OUT)/photos/images --output $(OUT)/srgan \
+		--steps 150 --pretrain-steps 120 --crop 64 --lr 2e-4 --mode overwrite
+	$(BIN)/python -m pipeline upscale --generator $(OUT)/srgan --input $(OUT)/photos/images \
+		--output $(OUT)/upscaled --mode overwrite
 	@echo; echo "== demo summary (runs table out/runs) =="
-	@$(BIN)/python -m pipeline.runs out/runs --last 3
+	@$(BIN)/python -m pipeline.runs out/runs --last 8
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs tests
@@ -35,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/digits.py
 	$(BIN)/python bench/featurize.py
+	$(BIN)/python bench/gan.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline jobs tests bench

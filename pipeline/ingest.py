@@ -29,8 +29,9 @@ from pipeline.io import HadoopFS, absolute, atomic_output, check_writable, is_lo
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "test", "val")
-# Photos from scikit-image that are real photographs/scans (the synthetic ones are left out).
-PHOTOS = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "coins", "colorwheel",
+# scikit-image's photographs and scans (synthetic images such as colorwheel are left out;
+# logo, a drawn RGBA graphic, stays as the one image with an alpha channel).
+PHOTOS = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "coins",
           "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page",
           "retina", "rocket", "text")
 BUNDLED = {"mnist": 5000, "digits": 1797, "photos": len(PHOTOS)}

@@ -165,7 +165,7 @@ def test_bundled_digits_and_photos(spark, cli, tmp_path):
 
     assert cli("ingest", "--source", "photos", "--output", tmp_path / "photos", "--resize", "64x48")[0] == 0
     photos = {r.path: r for r in spark.read.parquet(f"{tmp_path}/photos/images").collect()}
-    assert len(photos) == 19
+    assert len(photos) == 18
     astro = photos["bundled:photos/astronaut"]
     assert (astro.height, astro.width, astro.nChannels, astro.label) == (64, 48, 3, None)
     expected = np.asarray(Image.fromarray(load_bundled("photos")[0][0]).resize((48, 64), Image.Resampling.BILINEAR))

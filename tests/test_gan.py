@@ -1,0 +1,167 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.gan.models import DCGANGenerator, SRResNet
+from tests.conftest import ROOT
+
+
+def test_model_shapes_and_bicubic_start():
+    g = SRResNet(blocks=2, ch=16)
+    lr = torch.rand(2, 3, 12, 12)
+    out = g(lr)
+    assert out.shape == (2, 3, 48, 48)
+    bicubic = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+    assert torch.allclose(out, bicubic)  # the residual starts at zero: training starts at bicubic
+    assert DCGANGenerator()(torch.randn(3, 100, 1, 1)).shape == (3, 1, 32, 32)
+
+
+def test_bad_gan_options(cli, tmp_path):
+    code, _, err = cli("train_gan", "--input", tmp_path, "--output", tmp_path / "o")
+    assert code == 2 and "split=train" in err
+    (tmp_path / "t" / "split=train").mkdir(parents=True)
+    code, _, err = cli("train_gan", "--input", tmp_path / "t", "--output", tmp_path / "o", "--batch-size", 63)
+    assert code == 2 and "does not split evenly over --num-processes 2" in err
+    code, _, err = cli("train_gan", "--input", tmp_path / "t", "--output", tmp_path / "o", "--resume")
+    assert code == 2 and "--resume: no checkpoint" in err
+
+
+@pytest.fixture(scope="module")
+def datasets(spark, tmp_path_factory):
+    from pipeline.cli import main
+
+    root = tmp_path_factory.mktemp("gan")
+    for name in ("mnist", "photos"):
+        assert main(["ingest", "--source", name, "--output", str(root / name), "--runs-table", str(root / "runs")]) == 0
+    return root
+
+
+def _runs(path, job):
+    rows = pq.read_table(path).to_pandas()
+    return rows[rows.job == job].sort_values("started_at")
+
+
+@pytest.mark.slow
+def test_srresnet_beats_bicubic_on_held_out_photos_and_upscale(spark, cli, datasets, tmp_path):
+    photos = datasets / "photos" / "images"
+    code, out, err = cli("train_gan", "--model", "srgan", "--input", photos, "--output", tmp_path / "sr",
+                         "--steps", 150, "--pretrain-steps", 150, "--crop", 64, "--lr", 2e-4, "--checkpoint-every", 50)
+    assert code == 0, err
+    m = dict(_runs(tmp_path / "runs", "train_gan").iloc[-1].metrics)
+    print("held-out PSNR (Y) SR %.2f dB vs bicubic %.2f dB" % (m["psnr_sr"], m["psnr_bicubic"]))
+    assert m["psnr_sr"] > m["psnr_bicubic"]
+    assert {"generator.pt", "generator.json", "loss_curves.png", "metrics", "sr_comparison_0.png"} <= set(
+        os.listdir(tmp_path / "sr"))
+
+    code, out, err = cli("upscale", "--generator", tmp_path / "sr", "--input", photos, "--output", tmp_path / "up")
+    assert code == 0, err
+    up = spark.read.parquet(str(tmp_path / "up" / "images")).where("split = 'test'").toPandas()
+    assert len(up) == 5 and up.psnr_sr.mean() > up.psnr_bicubic.mean()
+    src = spark.read.parquet(str(photos)).where("path = 'bundled:photos/camera'").first()
+    row = up[up.path == "bundled:photos/camera"].iloc[0]
+    assert (row.height, row.width, row.nChannels, len(row.data)) == (src.height, src.width, 3, src.height * src.width * 3)
+
+
+def _digit_classifier(spark, images):
+    """A fixed LeNet-style digit classifier (PyTorch, 32x32, ~96% on the test split), trained here on
+    the real digits. Dropout and weight decay keep it from being confident about noise."""
+    from pipeline import images as im
+
+    rows = spark.read.parquet(str(images)).where("split = 'train'").orderBy("path").toPandas()
+    x = np.stack([im.resize_array(im.row_to_array(r.height, r.width, r.nChannels, r.data)[:, :, 0], (32, 32))
+                  for r in rows.itertuples()]).astype(np.float32)[:, None] / 127.5 - 1
+    y = torch.tensor(rows.label_index.to_numpy().astype(np.int64))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                              torch.nn.Conv2d(16, 32, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+                              torch.nn.Dropout(0.3), torch.nn.Linear(800, 10))
+    opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=0.05)
+    xs = torch.from_numpy(x)
+    for _ in range(8):
+        for i in torch.randperm(len(xs)).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(xs[i]), y[i]).backward()
+            opt.step()
+    return net.eval(), xs
+
+
+@pytest.mark.slow
+def test_dcgan_samples_are_recognised_as_digits(spark, cli, datasets, tmp_path):
+    images = datasets / "mnist" / "images"
+    code, out, err = cli("train_gan", "--model", "dcgan", "--input", images, "--output", tmp_path / "dc",
+                         "--steps", 800, "--checkpoint-every", 400)
+    assert code == 0, err
+    assert len(os.listdir(tmp_path / "dc" / "samples")) == 13  # one grid per epoch (62 steps at batch 64), the last
+    g = DCGANGenerator(100, 32)
+    g.load_state_dict(torch.load(tmp_path / "dc" / "generator.pt", weights_only=True))
+    classifier, real = _digit_classifier(spark, images)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        candidates = {
+            "DCGAN samples": g.eval()(torch.randn(512, 100, 1, 1, generator=gen)),
+            "uniform noise": torch.rand(512, 1, 32, 32, generator=gen) * 2 - 1,
+            # same pixel values as real digits, no structure
+            "shuffled digits": real[:512].flatten(1)[:, torch.randperm(1024, generator=gen)].view(512, 1, 32, 32)}
+        share = {k: float((torch.softmax(classifier(v), 1).max(1).values > 0.9).float().mean())
+                 for k, v in candidates.items()}
+    print("share labelled with >90% confidence: " + ", ".join(f"{k} {v:.3f}" for k, v in share.items()))
+    assert share["DCGAN samples"] > 0.2
+    assert share["DCGAN samples"] > max(share["uniform noise"], share["shuffled digits"]) + 0.15
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in os.listdir(f"/proc/{parent}/task") if os.path.isdir(f"/proc/{parent}/task") else []:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as fh:
+                    kids = [int(k) for k in fh.read().split()]
+            except OSError:
+                kids = []
+            found += kids
+            todo += kids
+    return found
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_to_the_same_layout(datasets, tmp_path):
+    images = datasets / "mnist" / "images"
+    args = [sys.executable, "-m", "pipeline", "train_gan", "--model", "dcgan", "--input", str(images),
+            "--output", str(tmp_path / "dc"), "--steps", "250", "--checkpoint-every", "50", "--runs-table",
+            str(tmp_path / "runs")]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    ckpt = tmp_path / "dc.checkpoints" / "checkpoint.pt"
+    for _ in range(600):
+        if ckpt.exists() and torch.load(ckpt, weights_only=False)["step"] >= 100:
+            break
+        time.sleep(0.2)
+    # Like a lost machine: the driver, its JVM, Spark's Python workers, torchrun and the ranks
+    # all die at once (the ranks start their own sessions, so a process-group kill misses them).
+    for pid in [proc.pid, *_descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    assert 100 <= killed_at < 250 and not (tmp_path / "dc").exists()
+    r = subprocess.run(args + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming dcgan from step {killed_at}" in r.stderr + r.stdout
+    layout = sorted(os.listdir(tmp_path / "dc"))
+    assert layout == ["generator.json", "generator.pt", "loss_curves.png", "metrics", "samples"]
+    assert len(os.listdir(tmp_path / "dc" / "samples")) == 5  # steps 62, 124, 186, 248 and the last
+    steps = pq.read_table(tmp_path / "dc" / "metrics").to_pandas().query("name == 'loss_g'").step.tolist()
+    assert sorted(steps) == list(range(50, 251, 50))  # no gap and no duplicate across the kill
+    runs = _runs(tmp_path / "runs", "train_gan")
+    assert json.loads(runs.iloc[-1].config)["resume"] is True and runs.iloc[-1].status == "succeeded"
