@@ -3,19 +3,24 @@
 A profile looks like::
 
     master: local[*]             # ignored under spark-submit, whose --master wins
-    spark: {spark.driver.memory: 4g, ...}
+    spark_defaults: spark-defaults.local.conf   # Spark's own format, also usable as
+                                                # spark-submit --properties-file
+    spark: {spark.driver.memory: 4g, ...}       # on top of spark_defaults
     runs_table: out/runs         # where every job appends its `runs` row
     jobs:
       ingest: {partitions: 8}    # defaults for `sparkgan ingest` options
 
 Precedence, lowest first: the option's built-in default, the profile's `jobs.<job>` value,
-the command line. `--conf key=value` overrides `spark:` entries the way spark-submit's does.
+the command line. Spark settings: the `spark_defaults` file, then `spark:`, then `--conf
+key=value`, the way spark-submit layers --properties-file and --conf.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,15 +28,17 @@ import yaml
 
 from pipeline.errors import PipelineError
 
-TOP_LEVEL_KEYS = {"master", "spark", "runs_table", "jobs"}
+TOP_LEVEL_KEYS = {"master", "spark_defaults", "spark", "runs_table", "jobs"}
 
 
 def conf_dir() -> Path:
-    """The profiles folder: $SPARKGAN_CONF_DIR, the checkout's conf/, or the copy inside the wheel."""
+    """The profiles folder: $SPARKGAN_CONF_DIR, the checkout's conf/, the copy inside the wheel,
+    or the conf/ beside the submitted jobs/ folder (when the package comes from a --py-files zip)."""
     if os.environ.get("SPARKGAN_CONF_DIR"):
         return Path(os.environ["SPARKGAN_CONF_DIR"])
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "conf", here / "conf"):
+    script = Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] else here
+    for candidate in (here.parent / "conf", here / "conf", script.parent / "conf"):
         if (candidate / "local.yaml").is_file():
             return candidate
     raise PipelineError("cannot find the conf/ folder; set SPARKGAN_CONF_DIR")
@@ -64,7 +71,10 @@ def load_profile(path: str | None, overrides: list[str] | None = None) -> Profil
     for key in ("spark", "jobs"):
         if not isinstance(raw.get(key, {}) or {}, dict):
             raise PipelineError(f"--conf-file {path}: '{key}' must be a mapping")
-    spark = {str(k): _spark_value(v) for k, v in (raw.get("spark") or {}).items()}
+    spark = {}
+    if raw.get("spark_defaults"):
+        spark.update(read_spark_defaults(os.path.join(os.path.dirname(path), str(raw["spark_defaults"]))))
+    spark.update({str(k): _spark_value(v) for k, v in (raw.get("spark") or {}).items()})
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key.startswith("spark."):
@@ -72,6 +82,25 @@ def load_profile(path: str | None, overrides: list[str] | None = None) -> Profil
         spark[key.strip()] = value.strip()
     return Profile(path=path, master=str(raw.get("master", "local[*]")), spark=spark,
                    runs_table=str(raw.get("runs_table", "out/runs")), jobs=raw.get("jobs") or {})
+
+
+def read_spark_defaults(path: str) -> dict[str, str]:
+    """A spark-defaults.conf file: `key value` (or `key=value`) lines, `#` comments."""
+    try:
+        with open(path) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        raise PipelineError(f"spark_defaults {path}: no such file") from None
+    settings = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.match(r"([^\s=]+)\s*[=\s]\s*(\S.*)$", line)  # Java properties: `k v`, `k=v`, `k = v`
+        if not match or not match.group(1).startswith("spark."):
+            raise PipelineError(f"{path}:{number}: expected 'spark.<key> <value>', got {line!r}")
+        settings[match.group(1)] = match.group(2).strip()
+    return settings
 
 
 def _spark_value(value) -> str:

@@ -20,12 +20,15 @@ case "${1:-}" in
 start)
   workers=${2:-2}; cores=${3:-1}
   mkdir -p "$STATE"
-  export SPARK_MASTER_PORT=${SPARK_MASTER_PORT:-$(port)} SPARK_MASTER_WEBUI_PORT=$(port)
+  SPARK_MASTER_PORT=${SPARK_MASTER_PORT:-$(port)}
+  SPARK_MASTER_WEBUI_PORT=$(port)
+  export SPARK_MASTER_PORT SPARK_MASTER_WEBUI_PORT
   "$ZOO_STANDALONE_HOME/sbin/start-master.sh" >/dev/null
   url="spark://127.0.0.1:$SPARK_MASTER_PORT"
   for _ in $(seq 1 50); do (echo > "/dev/tcp/127.0.0.1/$SPARK_MASTER_PORT") 2>/dev/null && break; sleep 0.2; done
   export SPARK_WORKER_INSTANCES=$workers SPARK_WORKER_CORES=$cores SPARK_WORKER_MEMORY=${SPARK_WORKER_MEMORY:-3g}
-  export SPARK_WORKER_WEBUI_PORT=$(port)
+  SPARK_WORKER_WEBUI_PORT=$(port)
+  export SPARK_WORKER_WEBUI_PORT
   "$ZOO_STANDALONE_HOME/sbin/start-worker.sh" "$url" >/dev/null
   echo "$url" > "$STATE/master-url"
   echo "webui=http://127.0.0.1:$SPARK_MASTER_WEBUI_PORT" > "$STATE/master-webui"

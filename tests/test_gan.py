@@ -32,6 +32,23 @@ def test_bad_gan_options(cli, tmp_path):
     assert code == 2 and "does not split evenly over --num-processes 2" in err
     code, _, err = cli("train_gan", "--input", tmp_path / "t", "--output", tmp_path / "o", "--resume")
     assert code == 2 and "--resume: no checkpoint" in err
+    torch.save({"classifier.0.weight": torch.zeros(2)}, tmp_path / "notvgg.pth")
+    code, _, err = cli("train_gan", "--model", "srgan", "--input", tmp_path / "t", "--output", tmp_path / "o",
+                       "--vgg19-weights", tmp_path / "notvgg.pth")
+    assert code == 2 and "not a torchvision VGG19 state dict" in err and len(err.strip().splitlines()) == 1
+
+
+def test_vgg19_features_load_a_torchvision_layout_state_dict(tmp_path):
+    from pipeline.gan.models import VGG19_CFG, VGG19Features
+
+    layers, c_in = [], 3  # torchvision's vgg19().features indices: conv, relu (, pool)
+    for v in VGG19_CFG:
+        layers += [torch.nn.MaxPool2d(2)] if v == "M" else [torch.nn.Conv2d(c_in, v, 3, padding=1), torch.nn.ReLU()]
+        c_in = v if v != "M" else c_in
+    torch.save({f"features.{k}": t for k, t in torch.nn.Sequential(*layers).state_dict().items()}, tmp_path / "v.pth")
+    vgg = VGG19Features(str(tmp_path / "v.pth"))
+    assert vgg(torch.rand(1, 3, 64, 64)).shape == (1, 512, 4, 4)  # relu5_4: four 2x poolings
+    assert not any(p.requires_grad for p in vgg.parameters())
 
 
 @pytest.fixture(scope="module")

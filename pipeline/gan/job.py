@@ -67,8 +67,15 @@ def validate(opts):
                             f"{opts.num_processes}")
     if opts.crop % 4 or opts.crop < 16:
         raise PipelineError(f"--crop {opts.crop}: expected a multiple of 4, at least 16")
-    if opts.vgg19_weights and not os.path.isfile(opts.vgg19_weights):
-        raise PipelineError(f"--vgg19-weights {opts.vgg19_weights}: no such file")
+    if opts.vgg19_weights:
+        if not os.path.isfile(opts.vgg19_weights):
+            raise PipelineError(f"--vgg19-weights {opts.vgg19_weights}: no such file")
+        from pipeline.gan.models import VGG19Features
+
+        try:  # fail here, in one line, rather than in every worker
+            VGG19Features(opts.vgg19_weights)
+        except ValueError as exc:
+            raise PipelineError(str(exc)) from None
     opts.input, opts.output = absolute(opts.input), absolute(opts.output)
     opts.checkpoint_dir = f"{opts.output}.checkpoints"
     if not is_local(opts.input) or not os.path.isdir(os.path.join(local_path(opts.input), "split=train")):

@@ -120,9 +120,13 @@ class VGG19Features(nn.Module):
                 layers += [nn.Conv2d(c_in, v, 3, padding=1), nn.ReLU(inplace=True)]
                 c_in = v
         self.features = nn.Sequential(*layers[:upto])
-        state = torch.load(weights_file, map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if k.startswith("features.") and int(k.split(".")[1]) < upto}
-        self.load_state_dict(state)
+        try:
+            state = torch.load(weights_file, map_location="cpu", weights_only=True)
+            state = {k: v for k, v in state.items() if k.startswith("features.") and int(k.split(".")[1]) < upto}
+            self.load_state_dict(state)
+        except Exception as exc:  # a wrong file fails deep inside torch; say what was expected instead
+            raise ValueError(f"--vgg19-weights {weights_file}: not a torchvision VGG19 state dict "
+                             f"(keys features.N.weight/bias) ({type(exc).__name__})") from None
         self.requires_grad_(False).eval()
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
