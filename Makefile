@@ -6,9 +6,20 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= out/demo
 
-.PHONY: setup demo test test-fast bench lint clean
+AIRFLOW_VENV  := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-stamp
+
+.PHONY: setup airflow-setup demo test test-fast test-cluster bench dist lint clean
 
 setup: $(STAMP)
+
+# Airflow gets its own venv: its dependency tree clashes with the pinned Spark/BigDL stack.
+airflow-setup: $(AIRFLOW_STAMP)
+
+$(AIRFLOW_STAMP): requirements-airflow.txt
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-airflow.txt
+	touch $@
 
 $(STAMP): requirements.txt requirements-bigdl.txt requirements-dev.txt setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,11 +43,15 @@ demo: $(STAMP)
 	@echo; echo "== demo summary (runs table out/runs) =="
 	@$(BIN)/python -m pipeline.runs out/runs --last 8
 
-test: $(STAMP)
+test: $(STAMP) $(AIRFLOW_STAMP)
 	$(BIN)/python -m pytest -q -rs tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -rs -m "not slow" tests
+
+# the slow half alone: loopback standalone cluster, packed env, GAN training, the DAG run
+test-cluster: $(STAMP) $(AIRFLOW_STAMP)
+	$(BIN)/python -m pytest -q -rs -m slow tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
@@ -44,8 +59,15 @@ bench: $(STAMP)
 	$(BIN)/python bench/featurize.py
 	$(BIN)/python bench/gan.py
 
+# wheel, --py-files zip and a venv-pack'ed env for --archives (FLAVOR=core: no torch/TF)
+FLAVOR ?= full
+dist: $(STAMP)
+	PYTHON=$(BIN)/python scripts/dist.sh $(FLAVOR)
+
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline jobs tests bench
+	$(BIN)/ruff check pipeline jobs tests bench dags
+	$(BIN)/hadolint docker/Dockerfile
+	$(BIN)/shellcheck scripts/*.sh conf/*.sh .ci/run
 
 clean:
 	rm -rf out build dist *.egg-info spark-warehouse bench/.data

@@ -33,5 +33,5 @@ setup(
         # BigDL's metadata pins an old pyspark; install it with --no-deps (see the Makefile).
         "bigdl": pins("requirements-bigdl.txt"),
     },
-    entry_points={"console_scripts": ["sparkgan = pipeline.cli:main"]},
+    entry_points={"console_scripts": ["sparkgan = pipeline.cli:submit_main"]},
 )

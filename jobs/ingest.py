@@ -1,7 +1,7 @@
 """spark-submit jobs/ingest.py --source DIR|mnist|digits|photos --output OUT [options]"""
 import sys
 
-from pipeline.cli import main
+from pipeline.cli import submit_main
 
 if __name__ == "__main__":
-    sys.exit(main(["ingest", *sys.argv[1:]]))
+    sys.exit(submit_main(["ingest", *sys.argv[1:]]))

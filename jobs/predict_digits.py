@@ -1,7 +1,7 @@
 """spark-submit --jars $(python -m pipeline.jars) jobs/predict_digits.py --input IMAGES --output OUT [options]"""
 import sys
 
-from pipeline.cli import main
+from pipeline.cli import submit_main
 
 if __name__ == "__main__":
-    sys.exit(main(["predict_digits", *sys.argv[1:]]))
+    sys.exit(submit_main(["predict_digits", *sys.argv[1:]]))

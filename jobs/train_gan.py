@@ -1,7 +1,7 @@
 """spark-submit jobs/train_gan.py --input ... --output ... [options]   (see --help)"""
 import sys
 
-from pipeline.cli import main
+from pipeline.cli import submit_main
 
 if __name__ == "__main__":
-    sys.exit(main(["train_gan", *sys.argv[1:]]))
+    sys.exit(submit_main(["train_gan", *sys.argv[1:]]))

@@ -1,7 +1,7 @@
 """spark-submit jobs/transfer_demo.py --input ... --output ... [options]   (see --help)"""
 import sys
 
-from pipeline.cli import main
+from pipeline.cli import submit_main
 
 if __name__ == "__main__":
-    sys.exit(main(["transfer_demo", *sys.argv[1:]]))
+    sys.exit(submit_main(["transfer_demo", *sys.argv[1:]]))

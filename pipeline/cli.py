@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
@@ -99,3 +100,31 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in summary.items():
         print(f"  {key:<{width}}  {value}")
     return 0
+
+
+def submit_main(argv: list[str] | None = None) -> int:
+    """Entry point of `jobs/*.py`, `python -m pipeline` and `sparkgan`: main(), then stop Spark.
+
+    Under spark-submit the driver JVM outlives this process and exits only when its non-daemon
+    threads end. After a barrier stage (TorchDistributor) Spark 3.4/3.5 leave two timer threads
+    that even SparkContext.stop() does not end (SPARK-49479), so the application would never
+    finish; there we end the JVM ourselves, with our exit status, once Spark is stopped.
+    """
+    code = 1
+    try:
+        code = main(argv)
+        return code
+    finally:
+        from pyspark import SparkContext
+
+        sc = SparkContext._active_spark_context
+        if sc is not None:
+            gateway = sc._gateway
+            sc.stop()
+            if "PYSPARK_GATEWAY_PORT" in os.environ:  # spark-submit's JVM, not one we launched
+                sys.stdout.flush()
+                sys.stderr.flush()
+                try:
+                    gateway.jvm.System.exit(code)
+                except Exception:  # the JVM went away mid-call, as asked
+                    pass

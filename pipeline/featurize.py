@@ -255,7 +255,7 @@ def add_arguments(p) -> dict:
 
 
 def featurizer_from(opts) -> DeepImageFeaturizer:
-    kwargs = dict(modelName=opts.model_name, modelFile=opts.model_file, featureLayer=opts.feature_layer,
+    kwargs = dict(modelName=opts.model_name, modelFile=opts.model_file, featureLayer=opts.feature_layer or None,
                   weightsFile=opts.weights_file, weights=opts.weights, batchSize=opts.batch_size, threads=opts.threads)
     return DeepImageFeaturizer(**{k: v for k, v in kwargs.items() if v is not None})
 

@@ -120,7 +120,8 @@ def run(spark, opts, run, _=None) -> dict:
                    "sr.psnr_sr", "sr.psnr_bicubic", "sr.ssim_sr", "sr.ssim_bicubic"))
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(opts.batch_size * 4))
     with atomic_output(spark, opts.output, run.run_id, opts.mode) as tmp:
-        out.write.parquet(f"{tmp}/images")
+        writer = out.write.partitionBy("split") if "split" in keep else out.write  # the images layout
+        writer.parquet(f"{tmp}/images")
         written = spark.read.parquet(f"{tmp}/images")
         scores = written.select(*[F.avg(c).alias(c) for c in OUT_FIELDS[4:]]).first().asDict()
         run.rows_in, run.rows_out, run.rows_rejected = images.count(), written.count(), 0

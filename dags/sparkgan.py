@@ -1,0 +1,96 @@
+"""sparkgan, nightly: ingest → featurize/transfer → BigDL digits → DCGAN/SRGAN → upscale.
+
+Every task is one `spark-submit jobs/<job>.py ...` (Airflow's SparkSubmitOperator): Airflow
+schedules, retries and records; Spark does the work. Settings come from `conf/airflow.yaml`;
+run parameters (dataset paths, training lengths) are DAG params, overridable per run, e.g.
+`airflow dags trigger sparkgan -c '{"digits_epochs": 8}'`. Outputs land in
+DATA/<logical date>/<step>, written atomically by the jobs, so a retry or a rerun of the same
+date replaces them (`--mode overwrite`) and never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from datetime import datetime, timedelta
+
+import yaml
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import DAG, Param, task
+
+HOME = os.environ.get("SPARKGAN_HOME", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+with open(os.environ.get("SPARKGAN_DAG_CONF", os.path.join(HOME, "conf", "airflow.yaml"))) as fh:
+    SETTINGS = yaml.safe_load(fh)
+PYTHON = os.environ.get("SPARKGAN_PYTHON", os.path.join(HOME, SETTINGS["python"]))
+PROFILE = os.path.join(HOME, os.environ.get("SPARKGAN_CONF_FILE", SETTINGS["profile"]))
+# BigDL's jars ship in its wheel, inside the jobs' Python environment
+PREFIX = os.path.dirname(os.path.dirname(PYTHON))
+BIGDL_JARS = ",".join(sorted(glob.glob(f"{PREFIX}/lib/python3*/site-packages/bigdl/share/*/lib/*.jar")))
+# relative data paths are under the project root; manual runs without a logical date use the run's day
+DATA = "{{ under_home(params.data) }}"
+LOG4J = f"-Dlog4j2.configurationFile=file:{os.path.dirname(PROFILE)}/log4j2.properties"
+RUN = DATA + "/{{ ds or dag_run.run_after.strftime('%Y-%m-%d') }}"
+
+
+def spark_job(job: str, *args: str, bigdl: bool = False, **kwargs) -> SparkSubmitOperator:
+    return SparkSubmitOperator(
+        task_id=kwargs.pop("task_id", job),
+        application=os.path.join(HOME, "jobs", f"{job}.py"),
+        application_args=[*args, "--conf-file", PROFILE, "--runs-table", f"{DATA}/runs",
+                          "--mode", "overwrite"],
+        conn_id=SETTINGS["conn_id"],
+        conf={"spark.driver.extraJavaOptions": LOG4J, "spark.executor.extraJavaOptions": LOG4J,
+              **SETTINGS.get("spark_conf", {}), "spark.pyspark.python": PYTHON, "spark.pyspark.driver.python": PYTHON},
+        jars=BIGDL_JARS if bigdl else None,
+        name=f"sparkgan-{job}",
+        # spark-submit from the jobs' environment (Airflow's own venv may hold another pyspark)
+        env_vars={"PATH": f"{os.path.dirname(PYTHON)}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+                  "PYSPARK_PYTHON": PYTHON, "SPARKGAN_CONF_DIR": os.path.dirname(PROFILE)},
+        **kwargs)
+
+
+with DAG(
+    dag_id="sparkgan",
+    description=__doc__.splitlines()[0],
+    schedule=SETTINGS["schedule"],
+    start_date=datetime(2026, 11, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": SETTINGS["retries"], "retry_delay": timedelta(minutes=SETTINGS["retry_delay_minutes"])},
+    params={k: Param(v, type="integer" if isinstance(v, int) else "string")
+            for k, v in SETTINGS["params"].items()},
+    user_defined_macros={"under_home": lambda path: os.path.join(HOME, path)},
+    tags=["sparkgan", "spark"],
+    doc_md=__doc__,
+) as dag:
+    ingest_digits = spark_job("ingest", "--source", "{{ params.digits_source }}", "--output", f"{RUN}/digits",
+                              task_id="ingest_digits")
+    ingest_photos = spark_job("ingest", "--source", "{{ params.photos_source }}", "--output", f"{RUN}/photos",
+                              task_id="ingest_photos")
+
+    @task.branch
+    def pick_featurizer(params=None) -> str:
+        """A pretrained Keras model given: featurize with it. None: the offline transfer demo."""
+        return "featurize" if params["model_file"] else "transfer_demo"
+
+    featurize = spark_job("featurize", "--input", f"{RUN}/digits/images", "--output", f"{RUN}/features",
+                          "--model-file", "{{ params.model_file }}", "--feature-layer={{ params.feature_layer }}")
+    transfer = spark_job("transfer", "--input", f"{RUN}/features", "--output", f"{RUN}/transfer")
+    transfer_demo = spark_job("transfer_demo", "--input", f"{RUN}/digits/images", "--output", f"{RUN}/transfer")
+    train_digits = spark_job("train_digits", "--input", f"{RUN}/digits/images", "--output", f"{RUN}/lenet5",
+                             "--epochs", "{{ params.digits_epochs }}", bigdl=True,
+                             trigger_rule="none_failed_min_one_success")
+    train_dcgan = spark_job("train_gan", "--model", "dcgan", "--input", f"{RUN}/digits/images",
+                            "--output", f"{RUN}/dcgan", "--steps", "{{ params.dcgan_steps }}", task_id="train_dcgan")
+    train_srgan = spark_job("train_gan", "--model", "srgan", "--input", f"{RUN}/photos/images",
+                            "--output", f"{RUN}/srgan", "--steps", "{{ params.srgan_steps }}",
+                            "--crop", "{{ params.srgan_crop }}", task_id="train_srgan")
+    upscale = spark_job("upscale", "--generator", f"{RUN}/srgan", "--input", f"{RUN}/photos/images",
+                        "--output", f"{RUN}/upscaled")
+
+    branch = pick_featurizer()
+    ingest_digits >> branch >> [featurize, transfer_demo]
+    featurize >> transfer
+    [transfer, transfer_demo] >> train_digits
+    train_digits >> [train_dcgan, train_srgan]
+    ingest_photos >> train_srgan >> upscale

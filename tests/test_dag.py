@@ -1,0 +1,77 @@
+"""The Airflow DAG, in Airflow's own venv (.venv-airflow: its dependencies clash with the stack)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import ROOT
+
+AIRFLOW = os.path.join(ROOT, ".venv-airflow", "bin")
+pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(AIRFLOW, "airflow")),
+                                reason="no .venv-airflow: run `make airflow-setup` (make test does)")
+
+
+@pytest.fixture
+def airflow_env(tmp_path):
+    return {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": os.path.join(ROOT, "dags"), "SPARKGAN_PYTHON": sys.executable,
+            "AIRFLOW_CONN_SPARK_SPARKGAN": json.dumps({"conn_type": "spark", "host": "local[2]"})}
+
+
+CHECK = """
+from airflow.dag_processing.dagbag import DagBag
+import json
+bag = DagBag(dag_folder="dags")
+dag = bag.dags["sparkgan"]
+print(json.dumps({
+    "errors": {k: str(v) for k, v in bag.import_errors.items()},
+    "tasks": sorted(t.task_id for t in dag.tasks),
+    "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
+    "catchup": dag.catchup, "schedule": dag.timetable.expression,
+    "retries": dag.default_args["retries"], "params": sorted(dag.params.keys()),
+    "train_digits": [dag.get_task("train_digits")._conn_id, dag.get_task("train_digits").application,
+                     bool(dag.get_task("train_digits").jars)],
+}))
+"""
+
+
+def test_dag_imports_and_wires_the_jobs(airflow_env):
+    r = subprocess.run([os.path.join(AIRFLOW, "python"), "-c", CHECK], cwd=ROOT, env=airflow_env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    dag = json.loads(r.stdout.strip().splitlines()[-1])
+    assert dag["errors"] == {}
+    assert dag["tasks"] == ["featurize", "ingest_digits", "ingest_photos", "pick_featurizer", "train_dcgan",
+                            "train_digits", "train_srgan", "transfer", "transfer_demo", "upscale"]
+    up = dag["upstream"]
+    assert up["pick_featurizer"] == ["ingest_digits"] and up["transfer"] == ["featurize"]
+    assert up["train_digits"] == ["transfer", "transfer_demo"]
+    assert up["train_srgan"] == ["ingest_photos", "train_digits"] and up["upscale"] == ["train_srgan"]
+    assert dag["catchup"] is False and dag["retries"] == 2 and dag["schedule"] == "0 2 * * *"
+    assert {"data", "digits_source", "photos_source", "model_file"} <= set(dag["params"])
+    conn, app, jars = dag["train_digits"]
+    assert conn == "spark_sparkgan" and app == os.path.join(ROOT, "jobs", "train_digits.py") and jars
+
+
+@pytest.mark.slow
+def test_dag_runs_every_job_on_local_spark(airflow_env, tmp_path):
+    air = os.path.join(AIRFLOW, "airflow")
+    r = subprocess.run([air, "db", "migrate"], env=airflow_env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    params = {"data": str(tmp_path / "data"), "digits_epochs": 1, "dcgan_steps": 40, "srgan_steps": 12,
+              "srgan_crop": 48}
+    r = subprocess.run([air, "dags", "test", "sparkgan", "2026-11-25", "-c", json.dumps(params)], cwd=tmp_path,
+                       env=airflow_env, capture_output=True, text=True, timeout=1500)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-5000:]
+    runs = pq.read_table(tmp_path / "data" / "runs").to_pandas()
+    assert sorted(runs.job) == ["ingest", "ingest", "train_digits", "train_gan", "train_gan", "transfer_demo",
+                                "upscale"]
+    assert set(runs.status) == {"succeeded"}
+    day = tmp_path / "data" / "2026-11-25"
+    assert pq.read_table(day / "upscaled" / "images").num_rows == 18
+    assert (day / "lenet5" / "confusion_matrix.png").exists() and (day / "dcgan" / "samples").is_dir()
