@@ -46,7 +46,8 @@ def image_grid_png(images: list[np.ndarray], path: str, cols: int = 8, titles: l
     """Images (HxW or HxWx3 uint8) in a grid, optional caption per image."""
     rows = max(1, -(-len(images) // cols))
     h, w = images[0].shape[:2]
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * w / 40 * scale + 0.2, rows * h / 40 * scale + 0.2),
+    caption = 0.3 if titles else 0.0  # inches per row for the titles, or the images crowd them out
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * w / 40 * scale + 0.2, rows * (h / 40 * scale + caption) + 0.2),
                              dpi=100, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -54,7 +55,7 @@ def image_grid_png(images: list[np.ndarray], path: str, cols: int = 8, titles: l
         ax = axes.flat[k]
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
         if titles:
-            ax.set_title(titles[k], fontsize=7)
+            ax.set_title(titles[k], fontsize=10)
     fig.tight_layout(pad=0.2)
     fig.savefig(path)
     plt.close(fig)

@@ -21,7 +21,13 @@ log = logging.getLogger("pipeline.gan")
 
 def _setup(cfg):
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    cuda = cfg["use_gpu"] and torch.cuda.is_available()
+    if cfg["use_gpu"] and not torch.cuda.is_available():
+        # hours of silent CPU training would be worse than stopping here
+        import socket
+        raise RuntimeError(f"--use-gpu on, but PyTorch sees no CUDA device on {socket.gethostname()} "
+                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, torch "
+                           f"{torch.__version__}): a CPU build of torch, or no GPU given to this task")
+    cuda = cfg["use_gpu"]
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(device)
