@@ -182,7 +182,7 @@ def run(spark, opts, run, _=None) -> dict:
         log.info("resuming from %s (epoch %d done)", os.path.dirname(resumed[0]), start)
     else:
         model, start = lenet5(classes), 0
-        decay = 1.0 / (opts.epochs * n_train * (1 + opts.augment) / opts.batch_size)  # lr halves by the end
+        decay = 9.0 / (opts.epochs * n_train * (1 + opts.augment) / opts.batch_size)  # lr falls to 1/10 by the end
         optim = (SGD(learningrate=opts.learning_rate, learningrate_decay=decay, momentum=0.9, dampening=0.0,
                      nesterov=True) if opts.optimizer == "sgd"
                  else Adam(learningrate=opts.learning_rate, learningrate_decay=decay))

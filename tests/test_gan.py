@@ -176,7 +176,10 @@ def test_killed_training_resumes_to_the_same_layout(datasets, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming dcgan from step {killed_at}" in r.stderr + r.stdout
     layout = sorted(os.listdir(tmp_path / "dc"))
-    assert layout == ["generator.json", "generator.pt", "loss_curves.png", "metrics", "samples"]
+    assert layout == ["generated", "generator.json", "generator.pt", "loss_curves.png", "metrics", "samples"]
+    generated = pq.read_table(tmp_path / "dc" / "generated").to_pandas()
+    assert len(generated) == 5 * 64 and sorted(set(generated.step)) == [62, 124, 186, 248, 250]
+    assert (generated.height == 32).all() and (generated.data.map(len) == 32 * 32).all()
     assert len(os.listdir(tmp_path / "dc" / "samples")) == 5  # steps 62, 124, 186, 248 and the last
     steps = pq.read_table(tmp_path / "dc" / "metrics").to_pandas().query("name == 'loss_g'").step.tolist()
     assert sorted(steps) == list(range(50, 251, 50))  # no gap and no duplicate across the kill

@@ -129,6 +129,7 @@ def _metric_rows(folder):
 
 
 def write_outputs(spark, opts, run, images, n_train, cfg) -> dict:
+    from pipeline import images as im
     from pipeline import metrics, plots
 
     rows = _metric_rows(opts.checkpoint_dir)
@@ -148,10 +149,20 @@ def write_outputs(spark, opts, run, images, n_train, cfg) -> dict:
         plots.curves_png(series, os.path.join(local, "loss_curves.png"), f"{opts.model} losses", xlabel="step")
         if opts.model == "dcgan":
             os.makedirs(os.path.join(local, "samples"))
+            generated = []
             for k, path in enumerate(sorted(glob.glob(os.path.join(opts.checkpoint_dir, "samples_*.npy"))), 1):
                 grid = np.load(path)[:, 0]
                 step = int(os.path.basename(path)[8:14])
                 plots.image_grid_png(list(grid), os.path.join(local, "samples", f"epoch_{k:03d}_step_{step:06d}.png"))
+                generated += [(f"generated:{run.run_id}/step_{step:06d}/{i:02d}", step, *im.array_to_row(g))
+                              for i, g in enumerate(grid)]
+            # the same samples as an images table (split "generated"), for whatever reads images next
+            (spark.createDataFrame(generated, "path string, step int, height int, width int, nChannels int, "
+                                              "mode int, data binary")
+             .selectExpr("path", "CAST(NULL AS STRING) AS origin", "CAST(NULL AS STRING) AS label",
+                         "CAST(NULL AS INT) AS label_index", "height", "width", "nChannels", "mode", "data",
+                         "step", "'generated' AS split")
+             .coalesce(1).write.partitionBy("split").parquet(f"{tmp}/generated"))
         else:
             summary = sr_previews(spark, opts, images, local)
         run.rows_in = run.rows_out = n_train
@@ -160,6 +171,8 @@ def write_outputs(spark, opts, run, images, n_train, cfg) -> dict:
     run.metrics = {**{k: v for k, v in last.items()}, **summary}
     run.outputs = {"generator": f"{opts.output}/generator.pt", "metrics": f"{opts.output}/metrics",
                    "figures": f"{opts.output}/" + ("samples/*.png" if opts.model == "dcgan" else "sr_*.png")}
+    if opts.model == "dcgan":
+        run.outputs["generated"] = f"{opts.output}/generated"
     return {"model": opts.model, "steps": opts.steps, **{k: round(v, 4) for k, v in summary.items()},
             **run.outputs, "checkpoints": opts.checkpoint_dir}
 
