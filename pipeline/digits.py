@@ -99,7 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> dict:
     p.add_argument("--checkpoint-dir", help="where epoch checkpoints go (default: OUTPUT.checkpoints)")
     p.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint")
     p.add_argument("--mode", choices=("error", "overwrite"), help="what to do when --output exists")
-    return {"epochs": 6, "batch_size": 32, "learning_rate": 0.001, "optimizer": "adam", "augment": 1,
+    return {"epochs": 6, "batch_size": 32, "learning_rate": 0.001, "optimizer": "adam", "augment": 2,
             "checkpoint_dir": None,
             "resume": False, "mode": "error"}
 
