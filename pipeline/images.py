@@ -56,6 +56,11 @@ def row_to_array(height: int, width: int, n_channels: int, data: bytes, *, rgb: 
     return arr
 
 
+def to_rgb(arr: np.ndarray) -> np.ndarray:
+    """HxWxC RGB(A) or gray uint8 → contiguous HxWx3 RGB (gray repeated, alpha dropped)."""
+    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else np.ascontiguousarray(arr[:, :, :3])
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
     if img.mode in ("L", "RGB", "RGBA"):
         return img

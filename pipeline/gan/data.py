@@ -64,7 +64,7 @@ def digit_batches(table: str, rank: int, world: int, batch: int, seed: int = 0, 
 
 def sr_pair(arr: np.ndarray, crop: int, scale: int, rng: np.random.Generator):
     """(LR, HR) float32 CxHxW in [0, 1]: a random HR crop, flipped, and its bicubic downscale."""
-    rgb = np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr[:, :, :3]
+    rgb = im.to_rgb(arr)
     h, w = rgb.shape[:2]
     if min(h, w) < crop:  # small images are enlarged so a crop fits
         f = crop / min(h, w)

@@ -168,7 +168,7 @@ def write_outputs(spark, opts, run, images, n_train, cfg) -> dict:
         run.rows_in = run.rows_out = n_train
         run.rows_rejected = 0
     last = {r["name"]: r["value"] for r in rows}
-    run.metrics = {**{k: v for k, v in last.items()}, **summary}
+    run.metrics = {**last, **summary}
     run.outputs = {"generator": f"{opts.output}/generator.pt", "metrics": f"{opts.output}/metrics",
                    "figures": f"{opts.output}/" + ("samples/*.png" if opts.model == "dcgan" else "sr_*.png")}
     if opts.model == "dcgan":
@@ -180,28 +180,17 @@ def write_outputs(spark, opts, run, images, n_train, cfg) -> dict:
 def sr_previews(spark, opts, images, folder: str, limit: int = 16, panels: int = 4) -> dict:
     """Y-channel PSNR/SSIM of SR and of bicubic on (up to `limit`) held-out images, and
     bicubic | SR | HR panels for the first `panels` of them."""
-    import torch
-    from PIL import Image
-
     from pipeline import images as im
-    from pipeline import metrics, plots
-    from pipeline.gan.upscale import load_generator, super_resolve
+    from pipeline import plots
+    from pipeline.gan.upscale import load_generator, restore_from_hr, sr_scores
 
     model = load_generator(folder)
     held = images.where("split = 'test'").limit(limit).collect() or images.limit(limit).collect()
     scores = {"psnr_sr": [], "psnr_bicubic": [], "ssim_sr": [], "ssim_bicubic": []}
     for k, r in enumerate(held):
-        hr = im.row_to_array(r.height, r.width, r.nChannels, r.data)
-        hr = np.repeat(hr, 3, axis=2) if hr.shape[2] == 1 else hr[:, :, :3]
-        h, w = hr.shape[0] // 4 * 4, hr.shape[1] // 4 * 4
-        hr = np.ascontiguousarray(hr[:h, :w])
-        lr = np.asarray(Image.fromarray(hr).resize((w // 4, h // 4), Image.Resampling.BICUBIC))
-        bicubic = np.asarray(Image.fromarray(lr).resize((w, h), Image.Resampling.BICUBIC))
-        with torch.no_grad():
-            sr = super_resolve(model, lr)
-        for name, img in (("sr", sr), ("bicubic", bicubic)):
-            scores[f"psnr_{name}"].append(metrics.psnr_y(img, hr))
-            scores[f"ssim_{name}"].append(metrics.ssim_y(img, hr))
+        hr, sr, bicubic = restore_from_hr(model, im.to_rgb(im.row_to_array(r.height, r.width, r.nChannels, r.data)))
+        for name, value in sr_scores(sr, bicubic, hr).items():
+            scores[name].append(value)
         if k >= panels:
             continue
         plots.image_grid_png([bicubic, sr, hr], os.path.join(folder, f"sr_comparison_{k}.png"), cols=3,

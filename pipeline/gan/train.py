@@ -63,6 +63,21 @@ def _save(folder, state):
     os.replace(tmp, os.path.join(folder, "checkpoint.pt"))
 
 
+def _step(opt, loss) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def _discriminator_step(D, opt_d, real, fake, bce, amp):
+    """One discriminator update, real vs (detached) generated; returns its loss."""
+    ones, zeros = torch.ones(len(real), device=real.device), torch.zeros(len(real), device=real.device)
+    with amp:
+        loss_d = bce(D(real), ones) + bce(D(fake.detach()), zeros)
+    _step(opt_d, loss_d)
+    return loss_d
+
+
 class MetricLog:
     """Rank 0's metric rows, one JSON object per line; a resume drops rows past its step."""
 
@@ -131,19 +146,13 @@ def train_worker(cfg: dict):
         G.train()
         if cfg["model"] == "dcgan":
             real = torch.from_numpy(next(batches)).to(device)
-            ones, zeros = torch.ones(len(real), device=device), torch.zeros(len(real), device=device)
             z = torch.randn(len(real), cfg["nz"], 1, 1, device=device)
             with amp:
                 fake = G(z)
-                loss_d = bce(D(real), ones) + bce(D(fake.detach()), zeros)
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
+            loss_d = _discriminator_step(D, opt_d, real, fake, bce, amp)
             with amp:
-                loss_g = bce(D(fake), ones)
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
+                loss_g = bce(D(fake), torch.ones(len(real), device=device))
+            _step(opt_g, loss_g)
             values = {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
         else:
             lr_img, hr = (torch.from_numpy(a).to(device) for a in next(batches))
@@ -155,21 +164,14 @@ def train_worker(cfg: dict):
                     content = content + 0.006 * F.mse_loss(vgg(sr.float()), vgg(hr))
             values = {"loss_content": content.item()}
             if gan_stage:
-                ones, zeros = torch.ones(len(hr), device=device), torch.zeros(len(hr), device=device)
+                loss_d = _discriminator_step(D, opt_d, hr, sr, bce, amp)
                 with amp:
-                    loss_d = bce(D(hr), ones) + bce(D(sr.detach()), zeros)
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-                with amp:
-                    adversarial = bce(D(sr), ones)
+                    adversarial = bce(D(sr), torch.ones(len(hr), device=device))
                 loss_g = content + 1e-3 * adversarial
                 values.update(loss_d=loss_d.item(), loss_adversarial=adversarial.item())
             else:
                 loss_g = content
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
+            _step(opt_g, loss_g)
             values["loss_g"] = loss_g.item()
         seen += cfg["batch_size"]
 

@@ -35,8 +35,29 @@ def super_resolve(model, lr: np.ndarray) -> np.ndarray:
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1))).float().div(255).unsqueeze(0)
-    y = model(x.to(next(model.parameters()).device)).clamp(0, 1).mul(255).round().byte()
+    with torch.no_grad():
+        y = model(x.to(next(model.parameters()).device)).clamp(0, 1).mul(255).round().byte()
     return y[0].permute(1, 2, 0).cpu().numpy()
+
+
+def restore_from_hr(model, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An HR RGB image → (HR cropped to a multiple of 4, SR of its bicubic 4x downscale, the same
+    downscale upscaled bicubically): what SR is judged on, as SR papers do it."""
+    from PIL import Image
+
+    h, w = rgb.shape[0] // 4 * 4, rgb.shape[1] // 4 * 4
+    hr = np.ascontiguousarray(rgb[:h, :w])
+    lr = np.asarray(Image.fromarray(hr).resize((w // 4, h // 4), Image.Resampling.BICUBIC))
+    bicubic = np.asarray(Image.fromarray(lr).resize((w, h), Image.Resampling.BICUBIC))
+    return hr, super_resolve(model, lr), bicubic
+
+
+def sr_scores(sr: np.ndarray, bicubic: np.ndarray, hr: np.ndarray) -> dict[str, float]:
+    """Y-channel PSNR/SSIM (border-cropped) of SR and of bicubic against HR."""
+    from pipeline import metrics
+
+    return {"psnr_sr": metrics.psnr_y(sr, hr), "psnr_bicubic": metrics.psnr_y(bicubic, hr),
+            "ssim_sr": metrics.ssim_y(sr, hr), "ssim_bicubic": metrics.ssim_y(bicubic, hr)}
 
 
 def add_arguments(p) -> dict:
@@ -65,14 +86,12 @@ def run(spark, opts, run, _=None) -> dict:
     from pyspark.sql.types import DoubleType, IntegerType, StringType, StructField, StructType
 
     from pipeline import images as im
-    from pipeline import metrics
     from pipeline.ingest import origin_of
 
     folder, from_hr, threads = local_path(opts.generator), opts.from_hr == "on", opts.threads
 
     def make_predict_fn():
         import torch
-        from PIL import Image
 
         torch.set_num_threads(threads)
         # On a GPU worker the task was given its GPU by the resource scheduler (conf/gpu.yaml).
@@ -81,15 +100,12 @@ def run(spark, opts, run, _=None) -> dict:
         def predict(heights, widths, channels, datas):
             out = {k: [] for k in OUT_FIELDS}
             for h, w, c, d in zip(*map(np.atleast_1d, (heights, widths, channels, datas))):
-                img = im.row_to_array(int(h), int(w), int(c), d)
-                img = np.repeat(img, 3, axis=2) if img.shape[2] == 1 else np.ascontiguousarray(img[:, :, :3])
-                hr = None
+                img = im.to_rgb(im.row_to_array(int(h), int(w), int(c), d))
                 if from_hr:
-                    hh, ww = img.shape[0] // 4 * 4, img.shape[1] // 4 * 4
-                    hr = np.ascontiguousarray(img[:hh, :ww])
-                    img = np.asarray(Image.fromarray(hr).resize((ww // 4, hh // 4), Image.Resampling.BICUBIC))
-                with torch.no_grad():
-                    sr = super_resolve(model, img)
+                    hr, sr, bicubic = restore_from_hr(model, img)
+                    scores = sr_scores(sr, bicubic, hr)
+                else:
+                    sr, scores = super_resolve(model, img), dict.fromkeys(OUT_FIELDS[4:], np.nan)
                 rh, rw, rc, _, data = im.array_to_row(sr)
                 out["height"].append(rh)
                 out["width"].append(rw)
@@ -97,15 +113,8 @@ def run(spark, opts, run, _=None) -> dict:
                 # predict_batch_udf returns no binary type: bytes travel as a latin-1 string and
                 # Spark's encode(..., 'ISO-8859-1') turns them back into the same bytes.
                 out["data_latin1"].append(data.decode("latin-1"))
-                if hr is not None:
-                    bicubic = np.asarray(Image.fromarray(img).resize((hr.shape[1], hr.shape[0]),
-                                                                     Image.Resampling.BICUBIC))
-                    scores = (metrics.psnr_y(sr, hr), metrics.psnr_y(bicubic, hr),
-                              metrics.ssim_y(sr, hr), metrics.ssim_y(bicubic, hr))
-                else:
-                    scores = (np.nan,) * 4
-                for k, v in zip(OUT_FIELDS[4:], scores):
-                    out[k].append(v)
+                for k in OUT_FIELDS[4:]:
+                    out[k].append(scores[k])
             return {k: np.array(v, dtype=object if k == "data_latin1" else None) for k, v in out.items()}
         return predict
 
