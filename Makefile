@@ -1,10 +1,22 @@
-# `make demo` and `make test` work on a fresh machine: they create .venv and install the pinned
-# stack the first time (a few minutes), and only check a stamp file afterwards.
+# `make demo` and `make test` work on a fresh machine: they create the stack's venv and install
+# the tested set the first time (a few minutes), and only check a stamp file afterwards.
+#   STACK=spark35 (default): Spark 3.5 LTS + BigDL, in .venv
+#   STACK=spark4:            Spark 4.3, no BigDL,  in .venv-spark4     e.g. `make test STACK=spark4`
 PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+STACK  ?= spark35
 OUT    ?= out/demo
+
+ifeq ($(STACK),spark35)
+VENV := .venv
+else ifeq ($(STACK),spark4)
+VENV := .venv-spark4
+else
+$(error STACK=$(STACK): expected spark35 or spark4)
+endif
+CONSTRAINTS := constraints/$(STACK).txt
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PIP   := $(BIN)/python -m pip install -q --disable-pip-version-check -c $(CONSTRAINTS)
 
 AIRFLOW_VENV  := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-stamp
@@ -21,12 +33,13 @@ $(AIRFLOW_STAMP): requirements-airflow.txt
 	$(AIRFLOW_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-airflow.txt
 	touch $@
 
-$(STAMP): requirements.txt requirements-bigdl.txt requirements-dev.txt setup.py
+$(STAMP): $(CONSTRAINTS) setup.py requirements-dev.txt requirements-bigdl.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
-	@# BigDL's metadata pins pyspark/numpy versions that break the stack above: no deps.
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-bigdl.txt
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PIP) -r requirements-dev.txt -e '.[torch,tf]'
+ifeq ($(STACK),spark35)
+	@# BigDL's metadata pins an old pyspark/numpy that would break the stack: no deps.
+	$(PIP) --no-deps -r requirements-bigdl.txt
+endif
 	touch $@
 
 demo: $(STAMP)
@@ -49,7 +62,7 @@ test: $(STAMP) $(AIRFLOW_STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -m "not slow" tests
 
-# the slow half alone: loopback standalone cluster, packed env, GAN training, the DAG run
+# the slow half alone: loopback standalone cluster, packed env, training runs, the DAG run
 test-cluster: $(STAMP) $(AIRFLOW_STAMP)
 	$(BIN)/python -m pytest -q -rs -m slow tests
 
@@ -59,13 +72,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/featurize.py
 	$(BIN)/python bench/gan.py
 
-# wheel, --py-files zip and a venv-pack'ed env for --archives (FLAVOR=core: no torch/TF)
+# wheel, --py-files zip and a venv-pack'ed env for --archives, named by stack (FLAVOR=core: no torch/TF)
 FLAVOR ?= full
 dist: $(STAMP)
-	PYTHON=$(BIN)/python scripts/dist.sh $(FLAVOR)
+	PYTHON=$(BIN)/python STACK=$(STACK) scripts/dist.sh $(FLAVOR)
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline jobs tests bench dags
+	$(BIN)/ruff check pipeline jobs tests bench dags scripts
 	$(BIN)/hadolint docker/Dockerfile
 	$(BIN)/shellcheck scripts/*.sh conf/*.sh .ci/run
 

@@ -19,14 +19,13 @@ log = logging.getLogger("sparkgan")
 class JobSpec:
     module: str
     help: str
-    bigdl: bool = False
 
 
 # Job modules keep heavy imports (torch, tensorflow, bigdl) inside functions, so listing is cheap.
 JOBS = {
     "ingest": JobSpec("pipeline.ingest", "image folders / IDX files / bundled sets → images Parquet"),
-    "train_digits": JobSpec("pipeline.digits", "LeNet-5 digit recognition trained with BigDL", bigdl=True),
-    "predict_digits": JobSpec("pipeline.digits_predict", "batch inference with a saved LeNet-5", bigdl=True),
+    "train_digits": JobSpec("pipeline.digits.job", "LeNet-5 digit recognition (BigDL or torch engine)"),
+    "predict_digits": JobSpec("pipeline.digits.predict", "batch inference with a saved LeNet-5"),
     "featurize": JobSpec("pipeline.featurize", "images → features with a pretrained Keras model"),
     "transfer": JobSpec("pipeline.transfer", "features → Spark ML LogisticRegression (transfer learning)"),
     "transfer_demo": JobSpec("pipeline.demo_transfer", "offline transfer-learning demo on MNIST digits"),
@@ -64,10 +63,10 @@ def run_job(name: str, opts: argparse.Namespace, profile) -> dict:
     from pipeline.io import absolute, recorded_run
     from pipeline.session import get_session
 
-    spec = JOBS[name]
-    mod = importlib.import_module(spec.module)
+    mod = importlib.import_module(JOBS[name].module)
     prepared = mod.validate(opts)  # every check that needs no Spark, before a JVM starts
-    spark = get_session(profile, f"sparkgan-{name}", bigdl=spec.bigdl)
+    uses_bigdl = getattr(mod, "uses_bigdl", lambda _: False)
+    spark = get_session(profile, f"sparkgan-{name}", bigdl=uses_bigdl(opts))
     config = {k: v for k, v in vars(opts).items() if k not in COMMON}
     runs_table = absolute(opts.runs_table or profile.runs_table)
     with recorded_run(spark, runs_table, name, config) as run:

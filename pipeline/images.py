@@ -56,6 +56,17 @@ def row_to_array(height: int, width: int, n_channels: int, data: bytes, *, rgb: 
     return arr
 
 
+# ITU-R BT.601 luma weights, as PIL's convert("L") and OpenCV's cvtColor use them.
+GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114])
+
+
+def to_gray(arr: np.ndarray) -> np.ndarray:
+    """HxWxC RGB(A) or gray uint8 → HxW gray uint8 (BT.601 luma, alpha dropped)."""
+    if arr.shape[2] == 1:
+        return arr[:, :, 0]
+    return (arr[:, :, :3] @ GRAY_WEIGHTS).round().clip(0, 255).astype(np.uint8)
+
+
 def to_rgb(arr: np.ndarray) -> np.ndarray:
     """HxWxC RGB(A) or gray uint8 → contiguous HxWx3 RGB (gray repeated, alpha dropped)."""
     return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else np.ascontiguousarray(arr[:, :, :3])

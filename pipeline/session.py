@@ -17,6 +17,26 @@ def _under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def spark_major() -> int:
+    import pyspark
+
+    return int(pyspark.__version__.split(".")[0])
+
+
+def bigdl_missing() -> str | None:
+    """Why BigDL cannot run on this stack, or None when it can. The one place that knows that
+    BigDL's jars are Scala 2.12 builds, which Spark 4 (Scala 2.13) cannot load."""
+    import importlib.util
+
+    import pyspark
+
+    if spark_major() >= 4:
+        return f"BigDL needs Spark 3.5 (its jars are Scala 2.12 builds; this is Spark {pyspark.__version__})"
+    if importlib.util.find_spec("bigdl") is None:
+        return "BigDL is not installed (pip install --no-deps -r requirements-bigdl.txt; Spark 3.5 only)"
+    return None
+
+
 def bigdl_jars() -> list[str]:
     import bigdl  # the jars ship inside the pip wheels
 

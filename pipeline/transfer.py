@@ -42,11 +42,11 @@ def pixel_features(images):
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
 
-    from pipeline.digits import to_input
+    from pipeline.digits.data import MEAN, STD, to_input
 
     @pandas_udf("array<float>")
     def pixels(h: pd.Series, w: pd.Series, c: pd.Series, d: pd.Series) -> pd.Series:
-        return pd.Series([(to_input(*row)[0] * 0.3081 + 0.1307).ravel() for row in zip(h, w, c, d)])
+        return pd.Series([(to_input(*row)[0] * STD + MEAN).ravel() for row in zip(h, w, c, d)])
 
     return images.withColumn("features", array_to_vector(pixels(F.col("height"), F.col("width"),
                                                                  F.col("nChannels"), F.col("data"))))

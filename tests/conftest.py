@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from pipeline.config import load_profile
-from pipeline.session import get_session
+from pipeline.session import bigdl_missing, get_session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +17,8 @@ def pytest_configure(config):
 def spark():
     profile = load_profile(None, ["spark.sql.shuffle.partitions=4", "spark.ui.showConsoleProgress=false"])
     profile.master = "local[2]"
-    session = get_session(profile, "sparkgan-tests", bigdl=True)  # BigDL jars for the in-process jobs
+    # BigDL's jars for the in-process jobs, on the stack that has it
+    session = get_session(profile, "sparkgan-tests", bigdl=bigdl_missing() is None)
     yield session
     session.stop()
 
@@ -37,3 +38,7 @@ def cli(spark, tmp_path, capsys):
 @pytest.fixture
 def python():
     return sys.executable
+
+
+# A test of the BigDL engine, skipped (with the reason) on a stack without it, e.g. Spark 4.
+needs_bigdl = pytest.mark.skipif(bigdl_missing() is not None, reason=f"BigDL engine: {bigdl_missing()}")

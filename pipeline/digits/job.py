@@ -1,0 +1,150 @@
+"""`train_digits`: LeNet-5 digit recognition on an images table, with the BigDL or the torch engine.
+
+Both engines read the same table, train the same network with the same optimizer and schedule,
+checkpoint every epoch to OUTPUT.checkpoints/epoch-NNNN (complete once it holds DONE), and end in
+the same outputs: the model, predictions for every labelled row, metrics, confusion matrix and
+training-curve PNGs, and a runs row.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+from pipeline import options
+from pipeline.digits import data
+from pipeline.errors import PipelineError
+from pipeline.io import absolute, atomic_output, local_path
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("bigdl", "torch")
+OPTIMIZERS = ("sgd", "adam")
+
+
+def add_arguments(p) -> dict:
+    p.add_argument("--input", required=True, help="images table (train and test splits), e.g. out/mnist/images")
+    defaults = options.add_output(p, "folder for model/, predictions/, metrics/ and PNGs")
+    p.add_argument("--engine", choices=ENGINES,
+                   help="bigdl (BigDL's DistriOptimizer, Spark 3.5) or torch (DDP through TorchDistributor, "
+                        "any stack); default: bigdl where BigDL is installed, else torch")
+    p.add_argument("--epochs", type=int, help="epochs to train in total (a resumed run counts the earlier ones)")
+    p.add_argument("--batch-size", type=int, help="global batch size (bigdl: a multiple of the total executor "
+                                                  "cores; torch: of --num-processes)")
+    p.add_argument("--learning-rate", type=float, help="initial learning rate")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd (Nesterov momentum 0.9) or adam")
+    p.add_argument("--augment", type=int, help="extra copies of each training image, shifted by up to 2 px")
+    p.add_argument("--checkpoint-dir", help="where epoch checkpoints go (default: OUTPUT.checkpoints)")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint")
+    defaults.update(options.add_distributor(p))
+    return {**defaults, "engine": None, "epochs": 6, "batch_size": 32, "learning_rate": 0.001, "optimizer": "adam",
+            "augment": 2, "checkpoint_dir": None, "resume": False}
+
+
+def default_engine() -> str:
+    from pipeline.session import bigdl_missing
+
+    return "bigdl" if bigdl_missing() is None else "torch"
+
+
+def validate(opts) -> None:
+    options.positive(opts, "epochs", "batch_size", "num_processes")
+    if opts.learning_rate <= 0:
+        raise PipelineError(f"--learning-rate {opts.learning_rate}: expected a positive number")
+    opts.engine = opts.engine or default_engine()
+    if opts.engine == "bigdl":
+        from pipeline.session import bigdl_missing
+
+        if reason := bigdl_missing():
+            raise PipelineError(f"--engine bigdl: {reason}; use --engine torch")
+    elif opts.batch_size % opts.num_processes:
+        raise PipelineError(f"--batch-size {opts.batch_size} does not split evenly over --num-processes "
+                            f"{opts.num_processes}")
+    opts.input = options.input_table(opts.input, hint=" (run `sparkgan ingest` first)")
+    opts.checkpoint_dir = local_path(absolute(opts.checkpoint_dir or f"{absolute(opts.output)}.checkpoints"))
+    if opts.resume and not data.latest_checkpoint(opts.checkpoint_dir):
+        raise PipelineError(f"--resume: no checkpoint in {opts.checkpoint_dir}")
+    options.output(opts)
+
+
+def uses_bigdl(opts) -> bool:
+    return opts.engine == "bigdl"
+
+
+def engine_module(name: str):
+    if name == "bigdl":
+        from pipeline.digits import bigdl_engine as engine
+    else:
+        from pipeline.digits import torch_engine as engine
+    return engine
+
+
+def run(spark, opts, run, _=None) -> dict:
+    train, test, n_train, n_test, classes = data.load_splits(spark, opts.input)
+    resumed = data.latest_checkpoint(opts.checkpoint_dir) if opts.resume else None
+    if resumed:
+        log.info("resuming from %s (epoch %d done)", *resumed)
+        if resumed[1] >= opts.epochs:
+            log.info("checkpoint already has %d epochs; evaluating only", resumed[1])
+    else:
+        shutil.rmtree(opts.checkpoint_dir, ignore_errors=True)
+    engine = engine_module(opts.engine)
+    if opts.engine == "bigdl":
+        model, history = engine.train(spark, opts, run.run_id, train, test, n_train, classes, resumed)
+    else:
+        model, history = train_torch(spark, opts, n_train, classes, resumed)
+    return write_outputs(spark, opts, run, engine, model, train.unionByName(test), classes, history,
+                         n_train + n_test)
+
+
+def train_torch(spark, opts, n_train: int, classes: int, resumed):
+    from pipeline import ddp
+    from pipeline.digits import torch_engine
+
+    cfg = torch_engine.TrainConfig(
+        input=local_path(opts.input), checkpoint_dir=opts.checkpoint_dir, epochs=opts.epochs,
+        batch_size=opts.batch_size, learning_rate=opts.learning_rate, optimizer=opts.optimizer, augment=opts.augment,
+        classes=classes, n_train=n_train, resume_from=resumed[0] if resumed else None, threads=options.threads_per_process(spark, opts),
+        use_gpu=opts.use_gpu == "on")
+    history = []
+    if not resumed or resumed[1] < opts.epochs:
+        history = ddp.launch(spark, torch_engine.train_worker, cfg, opts.num_processes, opts.local_mode == "on",
+                             cfg.use_gpu) or []
+    return torch_engine.load_checkpoint(data.latest_checkpoint(opts.checkpoint_dir)[0]), history
+
+
+def write_outputs(spark, opts, run, engine, model, rows, classes, history, rows_in) -> dict:
+    from pyspark.sql import functions as F
+
+    from pipeline import metrics, plots
+
+    with atomic_output(spark, opts.output, run.run_id, opts.mode) as tmp:
+        engine.predict(spark, model, rows, max(opts.batch_size, 256)).write.partitionBy("split") \
+            .parquet(f"{tmp}/predictions")
+        preds = spark.read.parquet(f"{tmp}/predictions")
+        matrix = metrics.confusion(preds.where(F.col("split") == "test"), classes=classes)
+        top1 = metrics.accuracy(matrix)
+        train_top1 = metrics.accuracy(metrics.confusion(preds.where(F.col("split") == "train"), classes=classes))
+        final = [(opts.epochs, "test_top1", top1), (opts.epochs, "train_top1", train_top1)]
+        spark.createDataFrame(metrics.metric_rows(run.run_id, history + final), metrics.METRICS_DDL) \
+            .coalesce(1).write.parquet(f"{tmp}/metrics")
+        local = local_path(tmp)
+        os.makedirs(os.path.join(local, "model"), exist_ok=True)
+        engine.save(model, os.path.join(local, "model"))
+        title = f"LeNet-5 ({opts.engine})"
+        plots.confusion_png(matrix, [str(i) for i in range(classes)], os.path.join(local, "confusion_matrix.png"),
+                            f"{title}, test top-1 {top1:.4f}")
+        names = {"train_loss": "train loss", "val_loss": "val loss", "val_top1": "val top-1"}
+        series = {label: [(e, v) for e, n, v in history if n == name] for name, label in names.items()}
+        plots.curves_png(series, os.path.join(local, "training_curves.png"), title)
+        run.rows_in = rows_in
+        run.rows_out = preds.count()
+        run.rows_rejected = 0
+        run.check_counts()
+    run.metrics = {"test_top1": top1, "train_top1": train_top1, "epochs": opts.epochs,
+                   **{f"{n}_last": v for _, n, v in history[-4:]}}
+    run.outputs = {k: f"{opts.output}/{k}" for k in ("model", "predictions", "metrics")}
+    run.outputs["figures"] = f"{opts.output}/confusion_matrix.png, training_curves.png"
+    return {"engine": opts.engine, "test_top1": round(top1, 4), "train_top1": round(train_top1, 4),
+            "epochs": opts.epochs, "checkpoints": opts.checkpoint_dir, **run.outputs}

@@ -1,0 +1,50 @@
+"""Options and input checks several jobs share, declared once (as pyspark.ml shares HasInputCol)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from pipeline.errors import PipelineError
+from pipeline.io import absolute, check_writable, is_local, local_path
+
+
+def add_output(p: argparse.ArgumentParser, help: str) -> dict:
+    p.add_argument("--output", required=True, help=help)
+    p.add_argument("--mode", choices=("error", "overwrite"), help="what to do when --output exists")
+    return {"mode": "error"}
+
+
+def add_distributor(p: argparse.ArgumentParser) -> dict:
+    """How TorchDistributor runs the training processes."""
+    p.add_argument("--num-processes", type=int, help="training processes (one per GPU on GPU workers)")
+    p.add_argument("--use-gpu", choices=("on", "off"), help="train on GPUs (NCCL) instead of CPUs (gloo)")
+    p.add_argument("--local-mode", choices=("on", "off"), help="on: processes on the driver; off: barrier tasks")
+    p.add_argument("--threads", type=int, help="torch threads per CPU process (0: Spark's cores / --num-processes)")
+    return {"num_processes": 2, "use_gpu": "off", "local_mode": "off", "threads": 0}
+
+
+def threads_per_process(spark, opts) -> int:
+    """--threads, or (0) the cores Spark has shared out over the processes: on CPUs one process
+    with every core beats gloo's all-reduce between processes on the same cores."""
+    return opts.threads or max(1, spark.sparkContext.defaultParallelism // opts.num_processes)
+
+
+def positive(opts, *names: str) -> None:
+    for name in names:
+        if getattr(opts, name) < 1:
+            raise PipelineError(f"--{name.replace('_', '-')} {getattr(opts, name)}: expected a positive number")
+
+
+def input_table(path: str, option: str = "--input", what: str = "images table", hint: str = "") -> str:
+    """The absolute path of an input table; a missing local one is a one-line error."""
+    path = absolute(path)
+    if is_local(path) and not os.path.isdir(local_path(path)):
+        raise PipelineError(f"{option} {path}: no such {what}{hint}")
+    return path
+
+
+def output(opts) -> None:
+    """Make --output absolute and check, before any work, that it can be written."""
+    opts.output = absolute(opts.output)
+    check_writable(opts.output, opts.mode)
