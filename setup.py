@@ -17,7 +17,7 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=["pipeline", "pipeline.digits", "pipeline.gan", "pipeline.conf"],
+    packages=["pipeline", "pipeline.demos", "pipeline.digits", "pipeline.gan", "pipeline.conf"],
     # conf/ ships inside the wheel as pipeline/conf, so an installed package finds its profiles.
     package_dir={"pipeline.conf": "conf"},
     package_data={"pipeline.conf": ["*.yaml", "*.properties", "*.conf", "*.sh"]},

@@ -23,7 +23,8 @@ with open(os.environ.get("SPARKGAN_DAG_CONF", os.path.join(HOME, "conf", "airflo
     SETTINGS = yaml.safe_load(fh)
 PYTHON = os.environ.get("SPARKGAN_PYTHON", os.path.join(HOME, SETTINGS["python"]))
 PROFILE = os.path.join(HOME, os.environ.get("SPARKGAN_CONF_FILE", SETTINGS["profile"]))
-# BigDL's jars ship in its wheel, inside the jobs' Python environment
+# BigDL's jars ship in its wheel, inside the jobs' Python environment (Spark 3.5 stack); without
+# them (Spark 4) train_digits picks its torch engine
 PREFIX = os.path.dirname(os.path.dirname(PYTHON))
 BIGDL_JARS = ",".join(sorted(glob.glob(f"{PREFIX}/lib/python3*/site-packages/bigdl/share/*/lib/*.jar")))
 # relative data paths are under the project root; manual runs without a logical date use the run's day
@@ -41,7 +42,7 @@ def spark_job(job: str, *args: str, bigdl: bool = False, **kwargs) -> SparkSubmi
         conn_id=SETTINGS["conn_id"],
         conf={"spark.driver.extraJavaOptions": LOG4J, "spark.executor.extraJavaOptions": LOG4J,
               **SETTINGS.get("spark_conf", {}), "spark.pyspark.python": PYTHON, "spark.pyspark.driver.python": PYTHON},
-        jars=BIGDL_JARS if bigdl else None,
+        jars=(BIGDL_JARS or None) if bigdl else None,
         name=f"sparkgan-{job}",
         # spark-submit from the jobs' environment (Airflow's own venv may hold another pyspark)
         env_vars={"PATH": f"{os.path.dirname(PYTHON)}:{os.environ.get('PATH', '/usr/bin:/bin')}",

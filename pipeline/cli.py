@@ -28,7 +28,7 @@ JOBS = {
     "predict_digits": JobSpec("pipeline.digits.predict", "batch inference with a saved LeNet-5"),
     "featurize": JobSpec("pipeline.featurize", "images → features with a pretrained Keras model"),
     "transfer": JobSpec("pipeline.transfer", "features → Spark ML LogisticRegression (transfer learning)"),
-    "transfer_demo": JobSpec("pipeline.demo_transfer", "offline transfer-learning demo on MNIST digits"),
+    "transfer_demo": JobSpec("pipeline.demos.transfer", "offline transfer-learning demo on MNIST digits"),
     "train_gan": JobSpec("pipeline.gan.job", "DCGAN / SRGAN training on workers via TorchDistributor"),
     "upscale": JobSpec("pipeline.gan.upscale", "batch 4x super-resolution with a trained SRResNet"),
 }

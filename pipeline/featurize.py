@@ -20,6 +20,7 @@ from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from pipeline import images as im
+from pipeline import options
 from pipeline.errors import PipelineError
 
 IMAGE_FIELDS = ("origin", "height", "width", "nChannels", "mode", "data")
@@ -57,7 +58,7 @@ def resolve_weights(model_name: str, weights_file: str | None, weights: str) -> 
     app = APPLICATIONS[model_name]
     path = weights_file or os.path.join(keras_cache_dir(), app.notop_file)
     if not os.path.isfile(path):
-        raise PipelineError(
+        raise ValueError(
             f"{model_name} needs its ImageNet weights and they cannot be downloaded here: put "
             f"{app.notop_file} in {keras_cache_dir()}/ (or pass weightsFile=/path/to/it); "
             "weights='random' runs untrained on purpose")
@@ -107,17 +108,29 @@ def to_model_input(height, width, n_channels, data, shape) -> np.ndarray:
     """One image row → HxWxC float32 in the model's size and channel count, RGB order, 0..255."""
     h, w, c = shape
     arr = im.row_to_array(int(height), int(width), int(n_channels), data)  # BGR(A) → RGB(A)
-    if arr.shape[2] == 4:
-        arr = arr[:, :, :3]
-    if c == 3 and arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    elif c == 1 and arr.shape[2] == 3:
-        arr = (arr @ np.array([0.299, 0.587, 0.114])).round().clip(0, 255).astype(np.uint8)[:, :, None]
+    arr = im.to_rgb(arr) if c == 3 else im.to_gray(arr)
     if arr.shape[:2] != (h, w):
-        squeeze = arr.shape[2] == 1
-        arr = im.resize_array(arr[:, :, 0] if squeeze else arr, (h, w))
-        arr = arr[:, :, None] if squeeze else arr
-    return arr.astype(np.float32)
+        arr = im.resize_array(arr, (h, w))
+    return (arr if arr.ndim == 3 else arr[:, :, None]).astype(np.float32)
+
+
+def _one_of(name: str, allowed):
+    """A Param type converter that checks the value when it is set, as sparkdl's did for modelName."""
+    def convert(value):
+        value = TypeConverters.toString(value)
+        if value not in allowed:
+            raise TypeError(f"{name} {value!r} is not supported; expected one of {', '.join(allowed)}")
+        return value
+    return convert
+
+
+def _positive(name: str):
+    def convert(value):
+        value = TypeConverters.toInt(value)
+        if value < 1:
+            raise TypeError(f"{name} {value}: expected a positive number")
+        return value
+    return convert
 
 
 class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
@@ -125,11 +138,26 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
 
     The output is a Spark ML vector (`VectorUDT`) of the network's pooled penultimate features
     (named models) or of `featureLayer`/the output of a user model. Rows that cannot be decoded get
-    a null vector and a reason in `errorCol`.
+    a null vector and a reason in `errorCol`. Bad Param values raise TypeError when set (pyspark's
+    convention); a configuration that cannot run (no model, a missing weights file, a wrong input
+    column) raises ValueError when the featurizer is checked or used.
+
+    >>> featurizer = DeepImageFeaturizer(modelName="MobileNetV2", weights="random", batchSize=8)
+    >>> featurizer.getModelName(), featurizer.getBatchSize(), featurizer.getOutputCol()
+    ('MobileNetV2', 8, 'features')
+    >>> featurizer.write().overwrite().save(path)
+    >>> loaded = DeepImageFeaturizer.load(path)
+    >>> loaded.getModelName(), loaded.getWeights(), loaded.getBatchSize()
+    ('MobileNetV2', 'random', 8)
+    >>> loaded.transform(images).first().features.size  # MobileNetV2's pooled features
+    1280
+    >>> DeepImageFeaturizer(modelName="AlexNet")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    TypeError: ...modelName 'AlexNet' is not supported; expected one of InceptionV3, ...
     """
 
     modelName = Param(Params._dummy(), "modelName", f"one of {', '.join(APPLICATIONS)}",
-                      typeConverter=TypeConverters.toString)
+                      typeConverter=_one_of("modelName", tuple(APPLICATIONS)))
     modelFile = Param(Params._dummy(), "modelFile", "a Keras .keras/.h5 model to use instead of a named one",
                       typeConverter=TypeConverters.toString)
     featureLayer = Param(Params._dummy(), "featureLayer", "for modelFile: the layer whose output is the feature",
@@ -137,9 +165,10 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
     weightsFile = Param(Params._dummy(), "weightsFile", "ImageNet (no-top) weights file for modelName",
                         typeConverter=TypeConverters.toString)
     weights = Param(Params._dummy(), "weights", "'imagenet' (from a local file) or 'random' (untrained, explicit)",
-                    typeConverter=TypeConverters.toString)
-    batchSize = Param(Params._dummy(), "batchSize", "images per model call", typeConverter=TypeConverters.toInt)
-    threads = Param(Params._dummy(), "threads", "TensorFlow threads per Python worker", typeConverter=TypeConverters.toInt)
+                    typeConverter=_one_of("weights", ("imagenet", "random")))
+    batchSize = Param(Params._dummy(), "batchSize", "images per model call", typeConverter=_positive("batchSize"))
+    threads = Param(Params._dummy(), "threads", "TensorFlow threads per Python worker",
+                    typeConverter=_positive("threads"))
     errorCol = Param(Params._dummy(), "errorCol", "column for the reason a row could not be featurized",
                      typeConverter=TypeConverters.toString)
 
@@ -149,34 +178,84 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
         super().__init__()
         self._setDefault(inputCol="image", outputCol="features", weights="imagenet", batchSize=64, threads=1,
                          errorCol="featurize_error")
-        self._set(**self._input_kwargs)
+        self.setParams(**self._input_kwargs)
 
     @keyword_only
-    def setParams(self, **kwargs):
-        return self._set(**kwargs)
+    def setParams(self, *, inputCol="image", outputCol="features", modelName=None, modelFile=None,
+                  featureLayer=None, weightsFile=None, weights="imagenet", batchSize=64, threads=1,
+                  errorCol="featurize_error"):
+        """setParams(self, *, inputCol="image", outputCol="features", modelName=None, modelFile=None,
+        featureLayer=None, weightsFile=None, weights="imagenet", batchSize=64, threads=1,
+        errorCol="featurize_error")"""
+        return self._set(**self._input_kwargs)
+
+    def setModelName(self, value):
+        return self._set(modelName=value)
+
+    def getModelName(self):
+        return self._get("modelName")
+
+    def setModelFile(self, value):
+        return self._set(modelFile=value)
+
+    def getModelFile(self):
+        return self._get("modelFile")
+
+    def setFeatureLayer(self, value):
+        return self._set(featureLayer=value)
+
+    def getFeatureLayer(self):
+        return self._get("featureLayer")
+
+    def setWeightsFile(self, value):
+        return self._set(weightsFile=value)
+
+    def getWeightsFile(self):
+        return self._get("weightsFile")
+
+    def setWeights(self, value):
+        return self._set(weights=value)
+
+    def getWeights(self):
+        return self.getOrDefault(self.weights)
+
+    def setBatchSize(self, value):
+        return self._set(batchSize=value)
+
+    def getBatchSize(self):
+        return self.getOrDefault(self.batchSize)
+
+    def setThreads(self, value):
+        return self._set(threads=value)
+
+    def getThreads(self):
+        return self.getOrDefault(self.threads)
+
+    def setErrorCol(self, value):
+        return self._set(errorCol=value)
+
+    def getErrorCol(self):
+        return self.getOrDefault(self.errorCol)
 
     def _get(self, name):
+        """The Param's value, or None where it has neither a value nor a default (modelName, ...)."""
         param = self.getParam(name)
         return self.getOrDefault(param) if self.isDefined(param) else None
 
     def check(self) -> str | None:
-        """Validate the Params; returns the weights path (None for random or a model file)."""
-        name, file = self._get("modelName"), self._get("modelFile")
+        """ValueError unless the Params can run; returns the weights path (None: random or a model file)."""
+        name, file = self.getModelName(), self.getModelFile()
         if bool(name) == bool(file):
-            raise PipelineError("DeepImageFeaturizer: set exactly one of modelName and modelFile")
+            raise ValueError("DeepImageFeaturizer: set exactly one of modelName and modelFile")
         if file:
             if not os.path.isfile(file):
-                raise PipelineError(f"modelFile {file}: no such file")
+                raise ValueError(f"modelFile {file}: no such file")
             return None
-        if name not in APPLICATIONS:
-            raise PipelineError(f"modelName {name!r} is not supported; expected one of {', '.join(APPLICATIONS)}")
-        if self._get("weights") not in ("imagenet", "random"):
-            raise PipelineError(f"weights {self._get('weights')!r}: expected 'imagenet' or 'random'")
-        return resolve_weights(name, self._get("weightsFile"), self._get("weights"))
+        return resolve_weights(name, self.getWeightsFile(), self.getWeights())
 
     def model_digest(self) -> str:
         weights = self.check()
-        return file_digest(self._get("modelFile") or weights)
+        return file_digest(self.getModelFile() or weights)
 
     def _image_column(self, dataset):
         from pyspark.sql import functions as F
@@ -186,10 +265,10 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
         if col not in dataset.columns:
             if col == "image" and set(IMAGE_FIELDS) <= set(dataset.columns):
                 return F.struct(*IMAGE_FIELDS)  # our flat images table: the same fields
-            raise PipelineError(f"inputCol {col!r} is not a column (columns: {', '.join(dataset.columns)})")
+            raise ValueError(f"inputCol {col!r} is not a column (columns: {', '.join(dataset.columns)})")
         dtype = dataset.schema[col].dataType
         if not isinstance(dtype, StructType) or not {"height", "width", "nChannels", "data"} <= set(dtype.names):
-            raise PipelineError(f"inputCol {col!r} has type {dtype.simpleString()}; expected an image struct "
+            raise ValueError(f"inputCol {col!r} has type {dtype.simpleString()}; expected an image struct "
                                 "(origin, height, width, nChannels, mode, data) as spark.read.format('image') gives")
         return F.col(col)
 
@@ -200,8 +279,7 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
 
         weights = self.check()
         image = self._image_column(dataset)
-        name, file, layer = self._get("modelName"), self._get("modelFile"), self._get("featureLayer")
-        threads = self._get("threads")
+        name, file, layer, threads = self.getModelName(), self.getModelFile(), self.getFeatureLayer(), self.getThreads()
 
         def make_predict_fn():
             set_tf_threads(threads)
@@ -225,12 +303,12 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
 
         udf = predict_batch_udf(make_predict_fn, return_type=StructType([
             StructField("features", ArrayType(FloatType())), StructField("error", StringType())]),
-            batch_size=self._get("batchSize"))
+            batch_size=self.getBatchSize())
         out = self.getOutputCol()
         tmp = f"__{out}_struct"
         return (dataset.withColumn(tmp, udf(image["height"], image["width"], image["nChannels"], image["data"]))
                 .withColumn(out, F.when(F.col(f"{tmp}.error").isNull(), array_to_vector(F.col(f"{tmp}.features"))))
-                .withColumn(self._get("errorCol"), F.col(f"{tmp}.error"))
+                .withColumn(self.getErrorCol(), F.col(f"{tmp}.error"))
                 .drop(tmp))
 
 
@@ -241,7 +319,7 @@ KEY_COLUMNS = ("path", "label", "label_index", "split")
 
 def add_arguments(p) -> dict:
     p.add_argument("--input", required=True, help="images table")
-    p.add_argument("--output", required=True, help="features table to create (and OUTPUT.rejected)")
+    defaults = options.add_output(p, "folder for features/ and rejected/")
     p.add_argument("--model-name", choices=sorted(APPLICATIONS), help="a named Keras application")
     p.add_argument("--model-file", help="a Keras .keras/.h5 model instead of a named one")
     p.add_argument("--feature-layer", help="with --model-file: the layer whose output is the feature")
@@ -249,26 +327,26 @@ def add_arguments(p) -> dict:
     p.add_argument("--weights", choices=("imagenet", "random"), help="'random' = untrained, on purpose")
     p.add_argument("--batch-size", type=int, help="images per model call")
     p.add_argument("--threads", type=int, help="TensorFlow threads per Spark task")
-    p.add_argument("--mode", choices=("error", "overwrite"), help="what to do when --output exists")
-    return {"model_name": None, "model_file": None, "feature_layer": None, "weights_file": None,
-            "weights": "imagenet", "batch_size": 64, "threads": 1, "mode": "error"}
+    return {**defaults, "model_name": None, "model_file": None, "feature_layer": None, "weights_file": None,
+            "weights": "imagenet", "batch_size": 64, "threads": 1}
 
 
 def featurizer_from(opts) -> DeepImageFeaturizer:
+    """The job's options as a checked featurizer; the library's errors become one-line CLI errors."""
     kwargs = dict(modelName=opts.model_name, modelFile=opts.model_file, featureLayer=opts.feature_layer or None,
                   weightsFile=opts.weights_file, weights=opts.weights, batchSize=opts.batch_size, threads=opts.threads)
-    return DeepImageFeaturizer(**{k: v for k, v in kwargs.items() if v is not None})
+    try:
+        featurizer = DeepImageFeaturizer(**{k: v for k, v in kwargs.items() if v is not None})
+        featurizer.check()
+    except (TypeError, ValueError) as exc:
+        raise PipelineError(str(exc)) from None
+    return featurizer
 
 
 def validate(opts):
-    from pipeline.io import absolute, check_writable, is_local, local_path
-
-    opts.input, opts.output = absolute(opts.input), absolute(opts.output)
-    if is_local(opts.input) and not os.path.isdir(local_path(opts.input)):
-        raise PipelineError(f"--input {opts.input}: no such images table")
+    opts.input = options.input_table(opts.input)
     featurizer = featurizer_from(opts)
-    featurizer.check()
-    check_writable(opts.output, opts.mode)
+    options.output(opts)
     return featurizer
 
 
@@ -280,8 +358,9 @@ def run(spark, opts, run, featurizer: DeepImageFeaturizer) -> dict:
     images = spark.read.parquet(opts.input)
     keys = [c for c in KEY_COLUMNS if c in images.columns]
     name = opts.model_name or os.path.basename(opts.model_file)
+    error = featurizer.getErrorCol()
     out = (featurizer.transform(images)
-           .select(*keys, "features", "featurize_error",
+           .select(*keys, "features", F.col(error).alias("featurize_error"),
                    F.lit(name).alias("model_name"), F.lit(featurizer.model_digest()).alias("model_digest")))
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(max(opts.batch_size, 64)))
     with atomic_output(spark, opts.output, run.run_id, opts.mode) as tmp:

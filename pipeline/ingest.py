@@ -3,7 +3,7 @@
 Decoding happens on executors (`mapInPandas` over Spark's `binaryFile` source, or over an id
 range for IDX files and bundled sets); the driver only lists folders and counts rows. Output:
 
-    <output>/images/split=train/part-*.parquet     the images contract (DESIGN.md)
+    <output>/images/split=train/part-*.parquet     the images contract (README, Data contracts)
     <output>/rejected/part-*.parquet               path, reason, stage, run_id
 """
 
@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import images as im
+from pipeline import options
 from pipeline.errors import PipelineError
-from pipeline.io import HadoopFS, absolute, atomic_output, check_writable, is_local, local_path
+from pipeline.io import HadoopFS, atomic_output, is_local, local_path
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,12 @@ def add_arguments(p: argparse.ArgumentParser) -> dict:
     p.add_argument("--source", required=True,
                    help="folder of images (folder-per-class tree or flat), folder of MNIST IDX files, "
                         f"or a bundled set: {', '.join(BUNDLED)}")
-    p.add_argument("--output", required=True, help="dataset folder to create (images/ and rejected/)")
+    defaults = options.add_output(p, "dataset folder to create (images/ and rejected/)")
     p.add_argument("--split", type=parse_split, help="e.g. train=0.8,test=0.2 (hash of the relative path)")
     p.add_argument("--partitions", type=int, help="decode tasks, and so files per split")
     p.add_argument("--resize", type=parse_size, help="resize every image to N or HxW (bilinear)")
-    p.add_argument("--mode", choices=("error", "overwrite"), help="what to do when --output exists")
     p.add_argument("--batch-rows", type=int, help="rows per Arrow batch handed to the decoder")
-    return {"split": parse_split("train=0.8,test=0.2"), "partitions": 4, "resize": None, "mode": "error",
+    return {**defaults, "split": parse_split("train=0.8,test=0.2"), "partitions": 4, "resize": None,
             "batch_rows": 256}
 
 
@@ -376,13 +376,9 @@ def plan(spark, src: Source, opts) -> Plan:
 
 
 def validate(opts) -> Source:
-    if opts.partitions < 1:
-        raise PipelineError(f"--partitions {opts.partitions}: expected a positive number")
-    if opts.batch_rows < 1:
-        raise PipelineError(f"--batch-rows {opts.batch_rows}: expected a positive number")
-    opts.output = absolute(opts.output)
+    options.positive(opts, "partitions", "batch_rows")
     src = resolve_source(opts.source)
-    check_writable(opts.output, opts.mode)
+    options.output(opts)
     return src
 
 

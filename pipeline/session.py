@@ -23,6 +23,11 @@ def spark_major() -> int:
     return int(pyspark.__version__.split(".")[0])
 
 
+def stack() -> str:
+    """The tested set this pyspark belongs to: constraints/<stack>.txt."""
+    return "spark4" if spark_major() >= 4 else "spark35"
+
+
 def bigdl_missing() -> str | None:
     """Why BigDL cannot run on this stack, or None when it can. The one place that knows that
     BigDL's jars are Scala 2.12 builds, which Spark 4 (Scala 2.13) cannot load."""

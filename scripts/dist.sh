@@ -1,37 +1,46 @@
 #!/usr/bin/env bash
 # Build what a cluster needs to run the jobs when its nodes lack the Python packages:
-#   dist/sparkgan-VERSION-py3-none-any.whl   the package (pip install --no-deps on an edge node)
-#   dist/sparkgan-pyfiles.zip                the pipeline package for spark-submit --py-files
-#   dist/sparkgan-env-FLAVOR.tar.gz          a packed virtualenv for --archives ...#environment
-# FLAVOR: full (every job: the whole pinned stack) or core (executor side of ingest, BigDL
-# digits and transfer: no torch/tensorflow/plotting). The env holds no pyspark: executors use their cluster's Spark.
-# The packed env links to the base interpreter ($(python -c 'import sys; print(sys.base_prefix)')),
-# which must exist at the same path on every node (same OS image), as with venv-pack everywhere.
-#   scripts/dist.sh [full|core]
+#   dist/sparkgan-VERSION-py3-none-any.whl        the package (pip install -c constraints/STACK.txt on an edge node)
+#   dist/sparkgan-pyfiles.zip                     the pipeline package for spark-submit --py-files
+#   dist/sparkgan-env-STACK-FLAVOR.tar.gz         a packed virtualenv for --archives ...#environment
+# STACK: spark35 (default; BigDL included) or spark4, the tested set in constraints/STACK.txt.
+# FLAVOR: full (every job) or core (no torch/TensorFlow: ingest, BigDL digits, transfer on
+# features). The env holds no pyspark: executors use their cluster's Spark, which must be the
+# stack's version. The packed env links to the base interpreter
+# ($(python -c 'import sys; print(sys.base_prefix)')), which must exist at the same path on every
+# node (same OS image), as with venv-pack everywhere.
+#   STACK=spark35 scripts/dist.sh [full|core]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"  # absolute, but not through the venv's symlink
+stack=${STACK:-spark35}
 flavor=${1:-full}
+constraints=constraints/$stack.txt
+[ -f "$constraints" ] || { echo "scripts/dist.sh: STACK=$stack: no $constraints (expected spark35 or spark4)" >&2; exit 2; }
 case "$flavor" in
-  full) drop='^(pyspark|conda-pack)==' ;;
-  # executors never plot or load the bundled sets: those stay on the driver
-  core) drop='^(pyspark|conda-pack|torch|tensorflow|tensorflow-cpu|keras|matplotlib|scikit-learn|scikit-image|mlxtend|tqdm)==' ;;
+  full) extras='[torch,tf]' ;;
+  core) extras='' ;;
   *) echo "scripts/dist.sh: unknown flavor '$flavor' (expected full or core)" >&2; exit 2 ;;
 esac
 mkdir -p dist build
-rm -f dist/sparkgan-*.whl dist/sparkgan-pyfiles.zip "dist/sparkgan-env-$flavor.tar.gz"
+rm -f dist/sparkgan-*.whl dist/sparkgan-pyfiles.zip "dist/sparkgan-env-$stack-$flavor.tar.gz"
 
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w dist . >/dev/null
+wheel=$(ls dist/sparkgan-*.whl)
 rm -rf build/pyfiles && mkdir -p build/pyfiles
 cp -r pipeline build/pyfiles/ && find build/pyfiles -name __pycache__ -prune -exec rm -rf {} +
 (cd build/pyfiles && "$PY" -m zipfile -c "$OLDPWD/dist/sparkgan-pyfiles.zip" pipeline)
 
-env_dir=build/env-$flavor
+env_dir=build/env-$stack-$flavor
 rm -rf "$env_dir"
 "$("$PY" -c 'import sys; print(sys._base_executable)')" -m venv "$env_dir"
-grep -Ev "$drop" requirements.txt | grep -Ev '^\s*(#|$)' > "build/requirements-env-$flavor.txt"
-"$env_dir/bin/python" -m pip install -q --disable-pip-version-check -r "build/requirements-env-$flavor.txt"
-"$env_dir/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r requirements-bigdl.txt dist/sparkgan-*.whl
-"$(dirname "$PY")/venv-pack" -q -p "$env_dir" -o "dist/sparkgan-env-$flavor.tar.gz"
+pip_env=("$env_dir/bin/python" -m pip install -q --disable-pip-version-check -c "$constraints")
+"${pip_env[@]}" "$wheel$extras"
+if [ "$stack" = spark35 ]; then
+  "${pip_env[@]}" --no-deps -r requirements-bigdl.txt
+fi
+# the cluster's own Spark runs the executors: the env must not shadow it
+"$env_dir/bin/python" -m pip uninstall -q -y pyspark py4j
+"$(dirname "$PY")/venv-pack" -q -p "$env_dir" -o "dist/sparkgan-env-$stack-$flavor.tar.gz"
 ls -lh dist/

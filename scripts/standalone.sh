@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A real Spark standalone cluster on loopback: one master and N workers, from the sbin scripts
-# BigDL's wheel ships (no Spark download needed).
+# pyspark's wheel ships: its sbin/spark-daemon.sh starts the master and each worker (what
+# Spark's start-master.sh/start-worker.sh do; the wheel leaves those two out). No Spark download
+# needed; the same on Spark 3.5 and 4.
 #   scripts/standalone.sh start [WORKERS] [CORES_PER_WORKER]   prints the master URL
 #   scripts/standalone.sh stop                                  stops it and removes work dirs
 # State (logs, pids, worker work dirs) lives in $SPARKGAN_CLUSTER_DIR (default: out/cluster).
@@ -9,8 +11,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 STATE=${SPARKGAN_CLUSTER_DIR:-$PWD/out/cluster}
 SPARK_HOME=$($PY -c "import os, pyspark; print(os.path.dirname(pyspark.__file__))")
-ZOO_STANDALONE_HOME=$($PY -c "import os, bigdl; print(os.path.join(list(bigdl.__path__)[0], 'share/dllib/bin/standalone'))")
-export SPARK_HOME ZOO_STANDALONE_HOME
+export SPARK_HOME
 export SPARK_MASTER_HOST=127.0.0.1 SPARK_LOCAL_IP=127.0.0.1
 export SPARK_LOG_DIR=$STATE/logs SPARK_PID_DIR=$STATE/pids SPARK_WORKER_DIR=$STATE/work
 export SPARK_IDENT_STRING=sparkgan
@@ -23,13 +24,15 @@ start)
   SPARK_MASTER_PORT=${SPARK_MASTER_PORT:-$(port)}
   SPARK_MASTER_WEBUI_PORT=$(port)
   export SPARK_MASTER_PORT SPARK_MASTER_WEBUI_PORT
-  "$ZOO_STANDALONE_HOME/sbin/start-master.sh" >/dev/null
+  daemon=("$SPARK_HOME/sbin/spark-daemon.sh" start)
+  "${daemon[@]}" org.apache.spark.deploy.master.Master 1 --host 127.0.0.1 --port "$SPARK_MASTER_PORT" \
+    --webui-port "$SPARK_MASTER_WEBUI_PORT" >/dev/null
   url="spark://127.0.0.1:$SPARK_MASTER_PORT"
   for _ in $(seq 1 50); do (echo > "/dev/tcp/127.0.0.1/$SPARK_MASTER_PORT") 2>/dev/null && break; sleep 0.2; done
-  export SPARK_WORKER_INSTANCES=$workers SPARK_WORKER_CORES=$cores SPARK_WORKER_MEMORY=${SPARK_WORKER_MEMORY:-3g}
-  SPARK_WORKER_WEBUI_PORT=$(port)
-  export SPARK_WORKER_WEBUI_PORT
-  "$ZOO_STANDALONE_HOME/sbin/start-worker.sh" "$url" >/dev/null
+  for i in $(seq 1 "$workers"); do
+    "${daemon[@]}" org.apache.spark.deploy.worker.Worker "$i" --webui-port "$(port)" --cores "$cores" \
+      --memory "${SPARK_WORKER_MEMORY:-3g}" "$url" >/dev/null
+  done
   echo "$url" > "$STATE/master-url"
   echo "webui=http://127.0.0.1:$SPARK_MASTER_WEBUI_PORT" > "$STATE/master-webui"
   echo "$url"

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from pipeline import images as im
-from pipeline.errors import PipelineError
 from pipeline.featurize import APPLICATIONS, DeepImageFeaturizer, build_model, to_model_input
 from pipeline.ingest import load_bundled
 
@@ -47,16 +46,49 @@ def test_image_source_struct_column_is_accepted(spark, photos):
 
 
 def test_bad_featurizer_input_is_explained(spark, photos, tmp_path, monkeypatch):
-    with pytest.raises(PipelineError, match="expected one of InceptionV3, Xception, ResNet50"):
-        DeepImageFeaturizer(modelName="AlexNet").transform(photos)
+    # bad values fail when set, as pyspark.ml's own Params do
+    with pytest.raises(TypeError, match="expected one of InceptionV3, Xception, ResNet50"):
+        DeepImageFeaturizer(modelName="AlexNet")
+    with pytest.raises(TypeError, match="weights 'pretrained' is not supported"):
+        DeepImageFeaturizer(modelName="MobileNetV2").setWeights("pretrained")
+    with pytest.raises(TypeError, match="batchSize 0: expected a positive number"):
+        DeepImageFeaturizer(modelName="MobileNetV2", batchSize=0)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    with pytest.raises(PipelineError) as err:
+    with pytest.raises(ValueError) as err:
         DeepImageFeaturizer(modelName="ResNet50").transform(photos)
     assert APPLICATIONS["ResNet50"].notop_file in str(err.value) and str(tmp_path / "models") in str(err.value)
-    with pytest.raises(PipelineError, match="inputCol 'path' has type string; expected an image struct"):
+    with pytest.raises(ValueError, match="inputCol 'path' has type string; expected an image struct"):
         DeepImageFeaturizer(inputCol="path", modelName="MobileNetV2", weights="random").transform(photos)
-    with pytest.raises(PipelineError, match="modelFile .*: no such file"):
+    with pytest.raises(ValueError, match="modelFile .*: no such file"):
         DeepImageFeaturizer(modelFile=str(tmp_path / "none.keras")).transform(photos)
+    with pytest.raises(ValueError, match="set exactly one of modelName and modelFile"):
+        DeepImageFeaturizer().transform(photos)
+
+
+def test_params_getters_setters_and_error_col(spark, photos):
+    f = DeepImageFeaturizer().setModelName("MobileNetV2").setWeights("random").setBatchSize(3)
+    f.setParams(outputCol="vec", errorCol="why")
+    assert (f.getModelName(), f.getWeights(), f.getBatchSize(), f.getThreads()) == ("MobileNetV2", "random", 3, 1)
+    assert (f.getOutputCol(), f.getErrorCol(), f.getModelFile(), f.getFeatureLayer()) == ("vec", "why", None, None)
+    out = f.transform(photos)
+    assert "why" in out.columns and "featurize_error" not in out.columns
+    assert out.where("why IS NOT NULL").select("path").first().path == "broken"
+
+
+def test_docstring_example_saves_and_loads(spark, photos, tmp_path):
+    """The class docstring's example (a save/load round trip) runs as written."""
+    import doctest
+
+    from pipeline import featurize
+
+    globs = {"DeepImageFeaturizer": DeepImageFeaturizer, "path": str(tmp_path / "featurizer"),
+             "images": photos.where("path != 'broken'")}
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in finder.find(featurize.DeepImageFeaturizer, "DeepImageFeaturizer", globs=globs):
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.attempted >= 6 and result.failed == 0
 
 
 @pytest.mark.slow
