@@ -1,4 +1,5 @@
-"""sparkgan, nightly: ingest → featurize/transfer → BigDL digits → DCGAN/SRGAN → upscale.
+"""sparkgan, nightly: ingest digits and photos; then, each as soon as its input is there:
+featurize → transfer (or the offline transfer demo), LeNet-5 digits, DCGAN; SRGAN → upscale.
 
 Every task is one `spark-submit jobs/<job>.py ...` (Airflow's SparkSubmitOperator): Airflow
 schedules, retries and records; Spark does the work. Settings come from `conf/airflow.yaml`;
@@ -57,7 +58,11 @@ with DAG(
     start_date=datetime(2026, 11, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": SETTINGS["retries"], "retry_delay": timedelta(minutes=SETTINGS["retry_delay_minutes"])},
+    # at most this many jobs share the cluster at once (conf/airflow.yaml); the pool caps them
+    # across DAGs too
+    max_active_tasks=SETTINGS["max_active_tasks"],
+    default_args={"retries": SETTINGS["retries"], "retry_delay": timedelta(minutes=SETTINGS["retry_delay_minutes"]),
+                  "pool": SETTINGS["pool"]},
     params={k: Param(v, type="integer" if isinstance(v, int) else "string")
             for k, v in SETTINGS["params"].items()},
     user_defined_macros={"under_home": lambda path: os.path.join(HOME, path)},
@@ -79,8 +84,7 @@ with DAG(
     transfer = spark_job("transfer", "--input", f"{RUN}/features", "--output", f"{RUN}/transfer")
     transfer_demo = spark_job("transfer_demo", "--input", f"{RUN}/digits/images", "--output", f"{RUN}/transfer")
     train_digits = spark_job("train_digits", "--input", f"{RUN}/digits/images", "--output", f"{RUN}/lenet5",
-                             "--epochs", "{{ params.digits_epochs }}", bigdl=True,
-                             trigger_rule="none_failed_min_one_success")
+                             "--epochs", "{{ params.digits_epochs }}", bigdl=True)
     train_dcgan = spark_job("train_gan", "--model", "dcgan", "--input", f"{RUN}/digits/images",
                             "--output", f"{RUN}/dcgan", "--steps", "{{ params.dcgan_steps }}", task_id="train_dcgan")
     train_srgan = spark_job("train_gan", "--model", "srgan", "--input", f"{RUN}/photos/images",
@@ -89,9 +93,8 @@ with DAG(
     upscale = spark_job("upscale", "--generator", f"{RUN}/srgan", "--input", f"{RUN}/photos/images",
                         "--output", f"{RUN}/upscaled")
 
-    branch = pick_featurizer()
-    ingest_digits >> branch >> [featurize, transfer_demo]
+    # Edges only where a task reads another's output: a failed transfer never holds up SR training.
+    ingest_digits >> pick_featurizer() >> [featurize, transfer_demo]
     featurize >> transfer
-    [transfer, transfer_demo] >> train_digits
-    train_digits >> [train_dcgan, train_srgan]
+    ingest_digits >> [train_digits, train_dcgan]
     ingest_photos >> train_srgan >> upscale

@@ -6,7 +6,9 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
+import traceback
 from dataclasses import dataclass
 
 from pipeline.config import load_profile, resolve_options
@@ -59,19 +61,68 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict, dict]:
     return parser, parsers, defaults
 
 
-def run_job(name: str, opts: argparse.Namespace, profile) -> dict:
+@dataclass
+class Progress:
+    """What the job is doing, for the one line an unexpected failure prints."""
+
+    doing: str = "reading its options"
+    record: object = None  # the run's record once the runs table is known
+    runs_table: str | None = None
+
+    def now(self) -> str:
+        return getattr(self.record, "doing", None) or self.doing
+
+
+def run_job(name: str, opts: argparse.Namespace, profile, progress: Progress) -> dict:
     from pipeline.io import absolute, recorded_run
     from pipeline.session import get_session
 
     mod = importlib.import_module(JOBS[name].module)
+    progress.doing = "checking its options"
     prepared = mod.validate(opts)  # every check that needs no Spark, before a JVM starts
     uses_bigdl = getattr(mod, "uses_bigdl", lambda _: False)
+    progress.runs_table = absolute(opts.runs_table or profile.runs_table)
+    progress.doing = "starting Spark"
     spark = get_session(profile, f"sparkgan-{name}", bigdl=uses_bigdl(opts))
     config = {k: v for k, v in vars(opts).items() if k not in COMMON}
-    runs_table = absolute(opts.runs_table or profile.runs_table)
-    with recorded_run(spark, runs_table, name, config) as run:
-        summary = mod.run(spark, opts, run, prepared)
-    return {"run_id": run.run_id, **summary, "runs_table": runs_table}
+    with recorded_run(spark, progress.runs_table, name, config) as record:
+        progress.record = record
+        summary = mod.run(spark, opts, record, prepared)
+    return {"run_id": record.run_id, **summary, "runs_table": progress.runs_table}
+
+
+def cause(exc: BaseException) -> str:
+    """The root cause of an exception in one line: the last `Caused by` of a Java trace, the last
+    line of a Python worker's traceback, or the exception's own first line."""
+    text = str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    java = [line.removeprefix("Caused by:").removeprefix(":").strip() for line in lines
+            if line.startswith(("Caused by:", ": ")) or re.match(r"^[\w.$]+(Exception|Error)(: |$)", line)]
+    if "Traceback (most recent call last)" in text:  # a Python worker's error, as Spark relays it
+        python = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b:?", line)
+                  and not line.startswith(("org.", "java.", "py4j."))]
+        if python:
+            return python[-1]
+    if java:
+        return java[-1]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def trace_file(progress: Progress, job: str) -> str | None:
+    """Write the whole trace beside the runs table (logs/RUN_ID.log); its path, or None."""
+    from pipeline.io import is_local, local_path
+
+    if not progress.runs_table or not is_local(progress.runs_table):
+        return None
+    run_id = getattr(progress.record, "run_id", None) or f"{job}-not-started"
+    path = os.path.join(os.path.dirname(local_path(progress.runs_table)), "logs", f"{run_id}.log")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write(traceback.format_exc())
+    except OSError:
+        return None
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("py4j").setLevel(logging.WARNING)
     parser, parsers, defaults = build_parser()
     args = parser.parse_args(argv)
+    progress = Progress()
     try:
         profile = load_profile(args.conf_file, args.conf)
         opts = resolve_options(args, parsers[args.job], defaults[args.job], profile, args.job)
-        summary = run_job(args.job, opts, profile)
+        summary = run_job(args.job, opts, profile, progress)
     except PipelineError as exc:
         print(f"sparkgan {args.job}: error: {exc}", file=sys.stderr)
         return 2
@@ -93,7 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, AnalysisException):
             print(f"sparkgan {args.job}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
             return 2
-        raise
+        # Anything else is ours or the cluster's: one line for the scheduler's log, the whole
+        # trace in the runs row and the log file.
+        where = trace_file(progress, args.job)
+        print(f"sparkgan {args.job}: failed while {progress.now()}: {cause(exc)}"
+              + (f" (trace: {where})" if where else ""), file=sys.stderr)
+        return 1
     width = max(map(len, summary))
     print(f"sparkgan {args.job}: done")
     for key, value in summary.items():

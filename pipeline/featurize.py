@@ -350,7 +350,7 @@ def validate(opts):
     return featurizer
 
 
-def run(spark, opts, run, featurizer: DeepImageFeaturizer) -> dict:
+def run(spark, opts, record, featurizer: DeepImageFeaturizer) -> dict:
     from pyspark.sql import functions as F
 
     from pipeline.io import atomic_output
@@ -363,7 +363,7 @@ def run(spark, opts, run, featurizer: DeepImageFeaturizer) -> dict:
            .select(*keys, "features", F.col(error).alias("featurize_error"),
                    F.lit(name).alias("model_name"), F.lit(featurizer.model_digest()).alias("model_digest")))
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(max(opts.batch_size, 64)))
-    with atomic_output(spark, opts.output, run.run_id, opts.mode) as tmp:
+    with atomic_output(spark, opts.output, record, opts.mode) as tmp:
         # Written once with the error column, then split: the model runs over each image once.
         staged = f"{tmp}/_staged"
         out.write.parquet(staged)
@@ -372,16 +372,15 @@ def run(spark, opts, run, featurizer: DeepImageFeaturizer) -> dict:
         ok.write.partitionBy(*(["split"] if "split" in keys else [])).parquet(f"{tmp}/features")
         (staged_df.where(F.col("featurize_error").isNotNull())
          .select("path", F.col("featurize_error").alias("reason"), F.lit("featurize").alias("stage"),
-                 F.lit(run.run_id).alias("run_id")).coalesce(1).write.parquet(f"{tmp}/rejected"))
-        run.rows_in = images.count()
-        run.rows_out = spark.read.parquet(f"{tmp}/features").count()
-        run.rows_rejected = spark.read.parquet(f"{tmp}/rejected").count()
-        run.check_counts()
+                 F.lit(record.run_id).alias("run_id")).coalesce(1).write.parquet(f"{tmp}/rejected"))
+        record.rows_in = images.count()
+        record.rows_out = spark.read.parquet(f"{tmp}/features").count()
+        record.rows_rejected = spark.read.parquet(f"{tmp}/rejected").count()
         from pipeline.io import HadoopFS
         HadoopFS(spark).delete(staged)
-        first = spark.read.parquet(f"{tmp}/features").first() if run.rows_out else None
+        first = spark.read.parquet(f"{tmp}/features").first() if record.rows_out else None
         dim = len(first["features"]) if first else 0
-    run.outputs = {"features": f"{opts.output}/features", "rejected": f"{opts.output}/rejected"}
-    run.metrics = {"feature_dim": dim}
-    return {"model": name, "feature_dim": dim, "rows_in": run.rows_in, "rows_out": run.rows_out,
-            "rows_rejected": run.rows_rejected, **run.outputs}
+    record.outputs = {"features": f"{opts.output}/features", "rejected": f"{opts.output}/rejected"}
+    record.metrics = {"feature_dim": dim}
+    return {"model": name, "feature_dim": dim, "rows_in": record.rows_in, "rows_out": record.rows_out,
+            "rows_rejected": record.rows_rejected, **record.outputs}

@@ -168,7 +168,7 @@ def decode_files(root: str, classes: list[str], split, resize):
     class_index = {c: i for i, c in enumerate(classes)}
     prefix = root.rstrip("/") + "/"
 
-    def run(batches):
+    def decode(batches):
         for pdf in batches:
             contents = pdf["content"] if "content" in pdf else [None] * len(pdf)
             rows = []
@@ -185,7 +185,7 @@ def decode_files(root: str, classes: list[str], split, resize):
                 except OSError as exc:
                     rows.append(_rejected_row(path, f"unreadable file: {exc.strerror or exc}"))
             yield _frame(rows)
-    return run
+    return decode
 
 
 def list_local(batches):
@@ -239,7 +239,7 @@ def bundled_paths(spark, name: str, partitions: int):
 
 
 def decode_bundled(name: str, split, resize):
-    def run(batches):
+    def decode(batches):
         imgs, labels = load_bundled(name)
         for pdf in batches:
             rows = []
@@ -251,7 +251,7 @@ def decode_bundled(name: str, split, resize):
                 rows.append(_image_row(path, None if label is None else str(label), label, imgs[i],
                                        split_of(key, split), resize))
             yield _frame(rows)
-    return run
+    return decode
 
 
 def read_idx_header(path: str) -> tuple[int, tuple[int, ...]]:
@@ -292,7 +292,7 @@ def decode_idx(files: list[tuple[str, str, str, int, tuple[int, int]]], resize):
     """Record keys → rows; records missing from a truncated file are rejected."""
     by_image = {f"file:{f[0]}": f for f in files}
 
-    def run(batches):
+    def decode(batches):
         for pdf in batches:
             rows = []
             for path in pdf["path"]:
@@ -306,7 +306,7 @@ def decode_idx(files: list[tuple[str, str, str, int, tuple[int, int]]], resize):
                 arr = np.frombuffer(pixels, np.uint8, h * w, i * h * w).reshape(h, w)
                 rows.append(_image_row(path, str(labels[i]), int(labels[i]), arr, split, resize))
             yield _frame(rows)
-    return run
+    return decode
 
 
 # ---------------------------------------------------------------- the job
@@ -382,7 +382,7 @@ def validate(opts) -> Source:
     return src
 
 
-def run(spark, opts, run, src: Source) -> dict:
+def run(spark, opts, record, src: Source) -> dict:
     """Decode once into the images table; then find the inputs it lacks (an anti-join on path),
     decode only those again for their reasons, and account for every input."""
     from pyspark.sql import functions as F
@@ -391,11 +391,11 @@ def run(spark, opts, run, src: Source) -> dict:
     p = plan(spark, src, opts)
     inputs = p.inputs.persist()  # paths only: small, and the same set for every pass below
     try:
-        run.rows_in = inputs.count()
-        if run.rows_in == 0:
+        record.rows_in = inputs.count()
+        if record.rows_in == 0:
             raise PipelineError(f"--source {opts.source}: the folder contains no files")
-        log.info("ingesting %d inputs from %s:%s", run.rows_in, src.kind, src.location)
-        with atomic_output(spark, opts.output, run.run_id, opts.mode) as tmp:
+        log.info("ingesting %d inputs from %s:%s", record.rows_in, src.kind, src.location)
+        with atomic_output(spark, opts.output, record, opts.mode) as tmp:
             decoded = p.rows.mapInPandas(p.decoder, DECODED_DDL)
             (decoded.where(F.col("reason").isNull()).select(*im.IMAGE_COLUMNS)
              .write.partitionBy("split").parquet(f"{tmp}/images"))
@@ -403,7 +403,7 @@ def run(spark, opts, run, src: Source) -> dict:
             missing = inputs if written is None else inputs.join(written.select("path"), "path", "left_anti")
             retry = missing if p.rows is p.inputs else p.rows.join(missing, "path")
             (retry.mapInPandas(p.decoder, DECODED_DDL).where(F.col("reason").isNotNull())
-             .select("path", "reason", F.lit("decode").alias("stage"), F.lit(run.run_id).alias("run_id"))
+             .select("path", "reason", F.lit("decode").alias("stage"), F.lit(record.run_id).alias("run_id"))
              .coalesce(1).write.parquet(f"{tmp}/rejected"))
             rejected = spark.read.parquet(f"{tmp}/rejected")
             if written is None:
@@ -411,13 +411,12 @@ def run(spark, opts, run, src: Source) -> dict:
                 raise PipelineError(f"--source {opts.source}: no file could be decoded "
                                     f"(e.g. {'; '.join(reasons)}); nothing was written")
             per_split = {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}
-            run.rows_out = sum(per_split.values())
-            run.rows_rejected = rejected.count()
-            run.check_counts()
+            record.rows_out = sum(per_split.values())
+            record.rows_rejected = rejected.count()
     finally:
         inputs.unpersist()
-    run.outputs = {"images": f"{opts.output}/images", "rejected": f"{opts.output}/rejected"}
-    run.metrics = {f"rows_{k}": v for k, v in per_split.items()}
-    return {"source": f"{src.kind}:{src.location}", "rows_in": run.rows_in, "rows_out": run.rows_out,
-            "rows_rejected": run.rows_rejected, "per_split": per_split, **run.outputs}
+    record.outputs = {"images": f"{opts.output}/images", "rejected": f"{opts.output}/rejected"}
+    record.metrics = {f"rows_{k}": v for k, v in per_split.items()}
+    return {"source": f"{src.kind}:{src.location}", "rows_in": record.rows_in, "rows_out": record.rows_out,
+            "rows_rejected": record.rows_rejected, "per_split": per_split, **record.outputs}
 

@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import subprocess
+import traceback
 import uuid
 from dataclasses import dataclass, field
 
@@ -95,18 +96,22 @@ def check_writable(output: str, mode: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(spark, output: str, run_id: str, mode: str = "error"):
-    """Yield a temporary path to write into; move it to `output` only if the block succeeds."""
+def atomic_output(spark, output: str, record: "Run", mode: str = "error"):
+    """Yield a temporary path to write into; move it to `output` only if the block succeeds and
+    the run's rows balance (the one place every job's count check happens)."""
     fs = HadoopFS(spark)
     if fs.exists(output) and mode != "overwrite":
         raise PipelineError(f"--output {output} already exists (use --mode overwrite to replace it)")
-    tmp = f"{output}.__tmp_{run_id}"
+    tmp = f"{output}.__tmp_{record.run_id}"
+    record.doing = f"writing {output}"
     try:
         yield tmp
+        record.check_counts()
     except BaseException:
         fs.delete(tmp)
         raise
-    old = f"{output}.__old_{run_id}"
+    record.doing = f"committing {output}"
+    old = f"{output}.__old_{record.run_id}"
     if fs.exists(output):
         fs.rename(output, old)
     fs.rename(tmp, output)
@@ -140,12 +145,16 @@ class Run:
     rows_rejected: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
+    doing: str = "running"  # what a failure's one line says the job was doing
 
     def __post_init__(self):
         self.run_id = self.run_id or new_run_id(self.job)
 
     def check_counts(self) -> None:
-        """Nothing read is lost: every input row is either written or rejected."""
+        """Nothing read is lost: every input row is either written or rejected. A job whose outputs
+        are not rows of its input (a trained model) records rows_in only, and has nothing to balance."""
+        if self.rows_out is None and self.rows_rejected is None:
+            return
         if self.rows_in != (self.rows_out or 0) + (self.rows_rejected or 0):
             raise PipelineError(f"row accounting failed: read {self.rows_in}, wrote {self.rows_out}, "
                                 f"rejected {self.rows_rejected}; nothing was committed")
@@ -164,8 +173,11 @@ def recorded_run(spark, runs_table: str, job: str, config: dict):
     status, error = "succeeded", None
     try:
         yield run
-    except BaseException as exc:
+    except PipelineError as exc:  # the user's to fix: its message says it all
         status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    except BaseException:
+        status, error = "failed", traceback.format_exc()  # the whole trace, for whoever is on call
         raise
     finally:
         ended = dt.datetime.now(dt.timezone.utc)

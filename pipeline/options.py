@@ -48,3 +48,15 @@ def output(opts) -> None:
     """Make --output absolute and check, before any work, that it can be written."""
     opts.output = absolute(opts.output)
     check_writable(opts.output, opts.mode)
+
+
+RESUME = ("off", "on", "auto")
+
+
+def add_resume(p: argparse.ArgumentParser, what: str) -> dict:
+    """--resume [on|auto|off]: what a retry does with the checkpoints of an earlier try."""
+    p.add_argument("--resume", nargs="?", const="on", choices=RESUME,
+                   help=f"on (or the bare flag): continue from {what}, which must exist and be of this "
+                        "configuration; auto: continue from it when it is of this configuration, else "
+                        "start fresh, saying which (what an Airflow retry wants); off: start fresh")
+    return {"resume": "off"}

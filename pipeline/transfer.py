@@ -133,16 +133,15 @@ def load_features(spark, path):
     raise PipelineError(f"--input {path}: neither a features table nor an images table")
 
 
-def run(spark, opts, run, _=None) -> dict:
+def run(spark, opts, record, _=None) -> dict:
     features, kind = load_features(spark, opts.input)
     classes = opts.classes or tuple(sorted(r[0] for r in features.select("label_index").distinct().collect()
                                            if r[0] is not None))
-    with atomic_output(spark, opts.output, run.run_id, opts.mode) as tmp:
+    with atomic_output(spark, opts.output, record, opts.mode) as tmp:
         model, preds, acc, n_train = fit_and_evaluate(spark, features, classes, opts.labels_per_class)
-        write_classifier(spark, tmp, model, preds, acc, classes, run.run_id, f"LogisticRegression on {kind}")
-        run.rows_in = run.rows_out = spark.read.parquet(f"{tmp}/predictions").count()
-        run.rows_rejected = 0
-    run.metrics = {"test_accuracy": acc, "train_rows": n_train}
-    run.outputs = {k: f"{opts.output}/{k}" for k in ("model", "predictions", "metrics")}
+        write_classifier(spark, tmp, model, preds, acc, classes, record.run_id, f"LogisticRegression on {kind}")
+        record.rows_in = features.count()  # a classifier, not rows of the input: nothing to balance
+    record.metrics = {"test_accuracy": acc, "train_rows": n_train}
+    record.outputs = {k: f"{opts.output}/{k}" for k in ("model", "predictions", "metrics")}
     return {"features": kind, "classes": list(classes), "train_rows": n_train, "test_accuracy": round(acc, 4),
-            **run.outputs}
+            **record.outputs}

@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 
 import pytest
@@ -42,3 +43,50 @@ def python():
 
 # A test of the BigDL engine, skipped (with the reason) on a stack without it, e.g. Spark 4.
 needs_bigdl = pytest.mark.skipif(bigdl_missing() is not None, reason=f"BigDL engine: {bigdl_missing()}")
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in os.listdir(f"/proc/{parent}/task") if os.path.isdir(f"/proc/{parent}/task") else []:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as fh:
+                    kids = [int(k) for k in fh.read().split()]
+            except OSError:
+                kids = []
+            found += kids
+            todo += kids
+    return found
+
+
+def kill_tree(proc) -> None:
+    """Like a lost machine: the driver, its JVM, Spark's Python workers, torchrun and the ranks all
+    die at once (the ranks start their own sessions, so a process-group kill misses them)."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def digits_table(path, n_train: int, n_test: int) -> str:
+    """A small images table of scikit-learn's real 8x8 digits, written with pyarrow (no Spark):
+    the first n_train rows in split=train, the next n_test in split=test."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.datasets import load_digits
+
+    from pipeline import images as im
+
+    d = load_digits()
+    rows = []
+    for i in range(n_train + n_test):
+        h, w, c, mode, data = im.array_to_row(np.round(d.images[i] * 255 / 16).astype(np.uint8))
+        rows.append({"path": f"bundled:digits/{i:05d}", "origin": None, "label": str(d.target[i]),
+                     "label_index": int(d.target[i]), "height": h, "width": w, "nChannels": c, "mode": mode,
+                     "data": data, "split": "train" if i < n_train else "test"})
+    pq.write_to_dataset(pa.Table.from_pylist(rows), str(path), partition_cols=["split"])
+    return str(path)

@@ -32,7 +32,8 @@ print(json.dumps({
     "errors": {k: str(v) for k, v in bag.import_errors.items()},
     "tasks": sorted(t.task_id for t in dag.tasks),
     "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
-    "catchup": dag.catchup, "schedule": dag.timetable.expression,
+    "catchup": dag.catchup, "schedule": dag.timetable.expression, "max_active_tasks": dag.max_active_tasks,
+    "pools": sorted({t.pool for t in dag.tasks}),
     "retries": dag.default_args["retries"], "params": sorted(dag.params.keys()),
     "train_digits": [dag.get_task("train_digits")._conn_id, dag.get_task("train_digits").application,
                      bool(dag.get_task("train_digits").jars)],
@@ -49,9 +50,12 @@ def test_dag_imports_and_wires_the_jobs(airflow_env):
     assert dag["tasks"] == ["featurize", "ingest_digits", "ingest_photos", "pick_featurizer", "train_dcgan",
                             "train_digits", "train_srgan", "transfer", "transfer_demo", "upscale"]
     up = dag["upstream"]
+    # edges follow the data: a task waits only for the tasks whose outputs it reads
     assert up["pick_featurizer"] == ["ingest_digits"] and up["transfer"] == ["featurize"]
-    assert up["train_digits"] == ["transfer", "transfer_demo"]
-    assert up["train_srgan"] == ["ingest_photos", "train_digits"] and up["upscale"] == ["train_srgan"]
+    assert up["featurize"] == up["transfer_demo"] == ["pick_featurizer"]
+    assert up["train_digits"] == up["train_dcgan"] == ["ingest_digits"]
+    assert up["train_srgan"] == ["ingest_photos"] and up["upscale"] == ["train_srgan"]
+    assert dag["max_active_tasks"] == 2 and dag["pools"] == ["default_pool"]
     assert dag["catchup"] is False and dag["retries"] == 2 and dag["schedule"] == "0 2 * * *"
     assert {"data", "digits_source", "photos_source", "model_file"} <= set(dag["params"])
     conn, app, jars = dag["train_digits"]

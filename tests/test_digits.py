@@ -1,5 +1,8 @@
 import json
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -7,7 +10,7 @@ import pytest
 from pipeline import images as im
 from pipeline.digits.data import shifted, to_input
 from pipeline.session import bigdl_missing
-from tests.conftest import needs_bigdl
+from tests.conftest import ROOT, kill_tree, needs_bigdl
 
 ENGINES = [pytest.param("bigdl", marks=needs_bigdl), "torch"]
 
@@ -84,7 +87,8 @@ def test_lenet5_trains_to_97_percent_and_resumes(spark, cli, mnist, tmp_path, ca
     assert top1 >= 0.96, top1
     runs = spark.read.parquet(str(tmp_path / "runs")).where("job = 'train_digits'").orderBy("started_at").collect()
     assert [r.status for r in runs] == ["succeeded", "succeeded"]
-    assert json.loads(runs[-1].config)["resume"] is True and json.loads(runs[-1].config)["engine"] == engine
+    assert json.loads(runs[-1].config)["resume"] == "on" and json.loads(runs[-1].config)["engine"] == engine
+    assert dict(runs[-1].metrics)["resumed_from_epoch"] == 6
 
     code, _, err = cli("predict_digits", "--model", out / "model", "--input", mnist, "--output", tmp_path / "p")
     assert code == 0, err
@@ -111,3 +115,43 @@ def test_bad_digit_options(cli, mnist, tmp_path):
     code, _, err = cli("predict_digits", "--model", tmp_path, "--input", mnist, "--output", tmp_path / "p")
     assert code == 2 and "no saved model there" in err
     assert not os.path.exists(tmp_path / "o") and not os.path.exists(tmp_path / "p")
+
+
+@pytest.mark.slow
+def test_a_killed_try_is_retried_with_resume_auto_from_its_checkpoint(spark, mnist, tmp_path):
+    """What an Airflow retry does: the same command again. The first try dies part-way (the whole
+    process tree, like a lost machine); the retry continues from the newest complete epoch."""
+    import pyarrow.parquet as pq
+
+    out, runs = tmp_path / "digits", tmp_path / "runs"
+    args = [sys.executable, "-m", "pipeline", "train_digits", "--engine", "torch", "--input", mnist,
+            "--output", str(out), "--epochs", "5", "--resume", "auto", "--mode", "overwrite", "--runs-table", str(runs)]
+    first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    done = tmp_path / "digits.checkpoints" / "epoch-0002" / "DONE"
+    for _ in range(900):
+        if done.exists() or first.poll() is not None:
+            break
+        time.sleep(0.2)
+    kill_tree(first)
+    assert done.exists() and not out.exists()
+    killed_at = max(int(d.name[6:]) for d in done.parent.parent.glob("epoch-*") if (d / "DONE").exists())
+    assert 2 <= killed_at < 5
+
+    retry = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    assert f"resuming from {done.parent.parent / f'epoch-{killed_at:04d}'}" in retry.stderr
+    metrics = pq.read_table(out / "metrics").to_pandas()
+    assert sorted(metrics[metrics.name == "val_top1"].step) == list(range(killed_at + 1, 6))  # not from zero
+    last = pq.read_table(runs).to_pandas().sort_values("started_at").iloc[-1]
+    assert last.status == "succeeded" and dict(last.metrics)["resumed_from_epoch"] == killed_at
+
+    # Another configuration (batch 64): its checkpoint is never used, the run says so and starts over.
+    r = subprocess.run(args + ["--batch-size", "64", "--epochs", "1"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "starting fresh: the checkpoint in" in r.stderr and "batch_size 32 → 64" in r.stderr
+    metrics = pq.read_table(out / "metrics").to_pandas()
+    assert sorted(metrics[metrics.name == "val_top1"].step) == [1]
+    code = subprocess.run([*args, "--resume", "on"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert code.returncode == 2 and "is of another configuration (batch_size 64 → 32)" in code.stderr

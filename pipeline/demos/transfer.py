@@ -83,13 +83,13 @@ def validate(opts):
     options.output(opts)
 
 
-def run(spark, opts, run, _=None) -> dict:
+def run(spark, opts, record, _=None) -> dict:
     """Transferred CNN features vs raw pixels vs the same CNN untrained, same classifier, same labels."""
     from pipeline.featurize import DeepImageFeaturizer
 
     images = spark.read.parquet(opts.input)
     results = {}
-    with atomic_output(spark, opts.output, run.run_id, opts.mode) as tmp:
+    with atomic_output(spark, opts.output, record, opts.mode) as tmp:
         local = local_path(tmp)
         os.makedirs(local, exist_ok=True)
         base_acc = pretrain_cnn(spark, opts.input, opts.base_classes, f"{local}/cnn_pretrained.keras")
@@ -102,7 +102,7 @@ def run(spark, opts, run, _=None) -> dict:
         for name, features in sets.items():
             slug = name.split()[0]
             model, preds, acc, n_train = fit_and_evaluate(spark, features, opts.target_classes, opts.labels_per_class)
-            write_classifier(spark, f"{tmp}/{slug}", model, preds, acc, opts.target_classes, run.run_id, name)
+            write_classifier(spark, f"{tmp}/{slug}", model, preds, acc, opts.target_classes, record.run_id, name)
             results[name] = acc
             log.info("%-26s test accuracy %.4f (%d labelled rows)", name, acc, n_train)
         report = {"base_classes": list(opts.base_classes), "base_test_accuracy": base_acc,
@@ -110,9 +110,8 @@ def run(spark, opts, run, _=None) -> dict:
                   "test_accuracy": results}
         with open(f"{local}/report.json", "w") as fh:
             json.dump(report, fh, indent=2)
-        run.rows_in = run.rows_out = images.count()
-        run.rows_rejected = 0
-    run.metrics = {f"accuracy_{k.split()[0]}": v for k, v in results.items()}
-    run.outputs = {"report": f"{opts.output}/report.json", "classifiers": f"{opts.output}/{{transferred,raw,untrained}}"}
+        record.rows_in = images.count()  # models and a report, not rows of the input
+    record.metrics = {f"accuracy_{k.split()[0]}": v for k, v in results.items()}
+    record.outputs = {"report": f"{opts.output}/report.json", "classifiers": f"{opts.output}/{{transferred,raw,untrained}}"}
     return {f"pretrained CNN accuracy [{','.join(map(str, opts.base_classes))}]": round(base_acc, 4),
-            **{f"accuracy [{k}]": round(v, 4) for k, v in results.items()}, **run.outputs}
+            **{f"accuracy [{k}]": round(v, 4) for k, v in results.items()}, **record.outputs}

@@ -7,6 +7,7 @@ use it; the Spark helpers import pyspark inside the function.
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import shutil
@@ -92,6 +93,41 @@ def latest_checkpoint(folder: str) -> tuple[str, int] | None:
         return None
     d = os.path.dirname(done[-1])
     return d, int(os.path.basename(d).split("-")[1])
+
+
+FINGERPRINT = "config.json"
+
+
+def resume_point(folder: str, mode: str, fingerprint: dict) -> tuple[tuple[str, int] | None, str]:
+    """(checkpoint to continue from or None, the line that says why) for --resume on|auto|off.
+
+    A checkpoint continues only a run of the same configuration (the fingerprint: data, model and
+    optimizer settings; the epoch count may grow); `on` refuses another one, `auto` starts fresh.
+    """
+    latest = latest_checkpoint(folder) if mode != "off" else None
+    if latest is None:
+        return None, "starting fresh" + (f" (no checkpoint in {folder})" if mode != "off" else "")
+    try:
+        with open(os.path.join(local_path(folder), FINGERPRINT)) as fh:
+            saved = json.load(fh)
+    except (OSError, ValueError):
+        saved = {}
+    changed = sorted(k for k in fingerprint.keys() | saved.keys() if saved.get(k) != fingerprint.get(k))
+    if changed:
+        what = ", ".join(f"{k} {saved.get(k)!r} → {fingerprint.get(k)!r}" for k in changed)
+        if mode == "on":
+            raise PipelineError(f"--resume: the checkpoint in {folder} is of another configuration ({what}); "
+                                "use --resume auto to start fresh instead")
+        return None, f"starting fresh: the checkpoint in {folder} is of another configuration ({what})"
+    return latest, f"resuming from {latest[0]} (epoch {latest[1]} done)"
+
+
+def start_fresh(folder: str, fingerprint: dict) -> None:
+    """Drop an earlier run's checkpoints; record whose the next ones are."""
+    shutil.rmtree(local_path(folder), ignore_errors=True)
+    os.makedirs(local_path(folder))
+    with open(os.path.join(local_path(folder), FINGERPRINT), "w") as fh:
+        json.dump(fingerprint, fh, sort_keys=True)
 
 
 def new_checkpoint(folder: str, epoch: int) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 
 from pipeline import options
 from pipeline.digits import data
@@ -36,10 +35,10 @@ def add_arguments(p) -> dict:
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd (Nesterov momentum 0.9) or adam")
     p.add_argument("--augment", type=int, help="extra copies of each training image, shifted by up to 2 px")
     p.add_argument("--checkpoint-dir", help="where epoch checkpoints go (default: OUTPUT.checkpoints)")
-    p.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint")
+    defaults.update(options.add_resume(p, "the newest complete epoch checkpoint"))
     defaults.update(options.add_distributor(p))
     return {**defaults, "engine": None, "epochs": 6, "batch_size": 32, "learning_rate": 0.001, "optimizer": "adam",
-            "augment": 2, "checkpoint_dir": None, "resume": False}
+            "augment": 2, "checkpoint_dir": None}
 
 
 def default_engine() -> str:
@@ -63,7 +62,7 @@ def validate(opts) -> None:
                             f"{opts.num_processes}")
     opts.input = options.input_table(opts.input, hint=" (run `sparkgan ingest` first)")
     opts.checkpoint_dir = local_path(absolute(opts.checkpoint_dir or f"{absolute(opts.output)}.checkpoints"))
-    if opts.resume and not data.latest_checkpoint(opts.checkpoint_dir):
+    if opts.resume == "on" and not data.latest_checkpoint(opts.checkpoint_dir):
         raise PipelineError(f"--resume: no checkpoint in {opts.checkpoint_dir}")
     options.output(opts)
 
@@ -80,21 +79,29 @@ def engine_module(name: str):
     return engine
 
 
-def run(spark, opts, run, _=None) -> dict:
+def fingerprint(opts, n_train: int, classes: int) -> dict:
+    """What a checkpoint must share with this run to be continued (the epoch count may grow)."""
+    return {"engine": opts.engine, "input": opts.input, "n_train": n_train, "classes": classes,
+            "batch_size": opts.batch_size, "learning_rate": opts.learning_rate, "optimizer": opts.optimizer,
+            "augment": opts.augment}
+
+
+def run(spark, opts, record, _=None) -> dict:
     train, test, n_train, n_test, classes = data.load_splits(spark, opts.input)
-    resumed = data.latest_checkpoint(opts.checkpoint_dir) if opts.resume else None
-    if resumed:
-        log.info("resuming from %s (epoch %d done)", *resumed)
-        if resumed[1] >= opts.epochs:
-            log.info("checkpoint already has %d epochs; evaluating only", resumed[1])
-    else:
-        shutil.rmtree(opts.checkpoint_dir, ignore_errors=True)
+    config = fingerprint(opts, n_train, classes)
+    resumed, why = data.resume_point(opts.checkpoint_dir, opts.resume, config)
+    log.info("%s", why)
+    record.metrics["resumed_from_epoch"] = resumed[1] if resumed else 0
+    if not resumed:
+        data.start_fresh(opts.checkpoint_dir, config)
+    elif resumed[1] >= opts.epochs:
+        log.info("checkpoint already has %d epochs; evaluating only", resumed[1])
     engine = engine_module(opts.engine)
     if opts.engine == "bigdl":
-        model, history = engine.train(spark, opts, run.run_id, train, test, n_train, classes, resumed)
+        model, history = engine.train(spark, opts, record.run_id, train, test, n_train, classes, resumed)
     else:
         model, history = train_torch(spark, opts, n_train, classes, resumed)
-    return write_outputs(spark, opts, run, engine, model, train.unionByName(test), classes, history,
+    return write_outputs(spark, opts, record, engine, model, train.unionByName(test), classes, history,
                          n_train + n_test)
 
 
@@ -105,7 +112,8 @@ def train_torch(spark, opts, n_train: int, classes: int, resumed):
     cfg = torch_engine.TrainConfig(
         input=local_path(opts.input), checkpoint_dir=opts.checkpoint_dir, epochs=opts.epochs,
         batch_size=opts.batch_size, learning_rate=opts.learning_rate, optimizer=opts.optimizer, augment=opts.augment,
-        classes=classes, n_train=n_train, resume_from=resumed[0] if resumed else None, threads=options.threads_per_process(spark, opts),
+        classes=classes, n_train=n_train, resume_from=resumed[0] if resumed else None,
+        threads=options.threads_per_process(spark, opts),
         use_gpu=opts.use_gpu == "on")
     history = []
     if not resumed or resumed[1] < opts.epochs:
@@ -114,12 +122,12 @@ def train_torch(spark, opts, n_train: int, classes: int, resumed):
     return torch_engine.load_checkpoint(data.latest_checkpoint(opts.checkpoint_dir)[0]), history
 
 
-def write_outputs(spark, opts, run, engine, model, rows, classes, history, rows_in) -> dict:
+def write_outputs(spark, opts, record, engine, model, rows, classes, history, rows_in) -> dict:
     from pyspark.sql import functions as F
 
     from pipeline import metrics, plots
 
-    with atomic_output(spark, opts.output, run.run_id, opts.mode) as tmp:
+    with atomic_output(spark, opts.output, record, opts.mode) as tmp:
         engine.predict(spark, model, rows, max(opts.batch_size, 256)).write.partitionBy("split") \
             .parquet(f"{tmp}/predictions")
         preds = spark.read.parquet(f"{tmp}/predictions")
@@ -127,7 +135,7 @@ def write_outputs(spark, opts, run, engine, model, rows, classes, history, rows_
         top1 = metrics.accuracy(matrix)
         train_top1 = metrics.accuracy(metrics.confusion(preds.where(F.col("split") == "train"), classes=classes))
         final = [(opts.epochs, "test_top1", top1), (opts.epochs, "train_top1", train_top1)]
-        spark.createDataFrame(metrics.metric_rows(run.run_id, history + final), metrics.METRICS_DDL) \
+        spark.createDataFrame(metrics.metric_rows(record.run_id, history + final), metrics.METRICS_DDL) \
             .coalesce(1).write.parquet(f"{tmp}/metrics")
         local = local_path(tmp)
         os.makedirs(os.path.join(local, "model"), exist_ok=True)
@@ -138,13 +146,13 @@ def write_outputs(spark, opts, run, engine, model, rows, classes, history, rows_
         names = {"train_loss": "train loss", "val_loss": "val loss", "val_top1": "val top-1"}
         series = {label: [(e, v) for e, n, v in history if n == name] for name, label in names.items()}
         plots.curves_png(series, os.path.join(local, "training_curves.png"), title)
-        run.rows_in = rows_in
-        run.rows_out = preds.count()
-        run.rows_rejected = 0
-        run.check_counts()
-    run.metrics = {"test_top1": top1, "train_top1": train_top1, "epochs": opts.epochs,
-                   **{f"{n}_last": v for _, n, v in history[-4:]}}
-    run.outputs = {k: f"{opts.output}/{k}" for k in ("model", "predictions", "metrics")}
-    run.outputs["figures"] = f"{opts.output}/confusion_matrix.png, training_curves.png"
-    return {"engine": opts.engine, "test_top1": round(top1, 4), "train_top1": round(train_top1, 4),
-            "epochs": opts.epochs, "checkpoints": opts.checkpoint_dir, **run.outputs}
+        record.rows_in = rows_in
+        record.rows_out = preds.count()
+        record.rows_rejected = 0
+    record.metrics.update({"test_top1": top1, "train_top1": train_top1, "epochs": opts.epochs,
+                           **{f"{n}_last": v for _, n, v in history[-4:]}})
+    record.outputs = {k: f"{opts.output}/{k}" for k in ("model", "predictions", "metrics")}
+    record.outputs["figures"] = f"{opts.output}/confusion_matrix.png, training_curves.png"
+    return {"engine": opts.engine, "resumed_from_epoch": record.metrics["resumed_from_epoch"],
+            "test_top1": round(top1, 4), "train_top1": round(train_top1, 4),
+            "epochs": opts.epochs, "checkpoints": opts.checkpoint_dir, **record.outputs}

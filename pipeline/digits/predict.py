@@ -40,7 +40,7 @@ def uses_bigdl(opts) -> bool:
     return opts.engine == "bigdl"
 
 
-def run(spark, opts, run, _=None) -> dict:
+def run(spark, opts, record, _=None) -> dict:
     from pyspark.sql import functions as F
 
     from pipeline.digits.job import engine_module
@@ -51,9 +51,8 @@ def run(spark, opts, run, _=None) -> dict:
         if column not in images.columns:
             images = images.withColumn(column, F.lit(None).cast("string"))
     model = engine.load(opts.model)
-    with atomic_output(spark, opts.output, run.run_id, opts.mode) as tmp:
+    with atomic_output(spark, opts.output, record, opts.mode) as tmp:
         engine.predict(spark, model, images, opts.batch_size).write.parquet(tmp)
-        run.rows_in, run.rows_out, run.rows_rejected = images.count(), spark.read.parquet(tmp).count(), 0
-        run.check_counts()
-    run.outputs = {"predictions": opts.output}
-    return {"engine": opts.engine, "rows_in": run.rows_in, "rows_out": run.rows_out, "predictions": opts.output}
+        record.rows_in, record.rows_out, record.rows_rejected = images.count(), spark.read.parquet(tmp).count(), 0
+    record.outputs = {"predictions": opts.output}
+    return {"engine": opts.engine, "rows_in": record.rows_in, "rows_out": record.rows_out, "predictions": opts.output}

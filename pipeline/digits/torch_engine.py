@@ -119,11 +119,13 @@ def train_worker(cfg: TrainConfig):
 
     model = ddp.wrap(LeNet5(cfg.classes), r)
     opt = _optimizer(cfg, model.parameters())
-    decay = data.lr_decay(cfg.epochs, cfg.n_train, cfg.augment, cfg.batch_size)
+    state = (torch.load(os.path.join(cfg.resume_from, STATE_FILE), map_location=r.device, weights_only=False)
+             if cfg.resume_from else None)
+    # the schedule is the first run's, as BigDL's saved optimizer keeps it: more epochs extend it
+    decay = state["decay"] if state else data.lr_decay(cfg.epochs, cfg.n_train, cfg.augment, cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + decay * t))  # BigDL's decay
     start = 0
-    if cfg.resume_from:
-        state = torch.load(os.path.join(cfg.resume_from, STATE_FILE), map_location=r.device, weights_only=False)
+    if state:
         ddp.unwrap(model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -150,7 +152,8 @@ def train_worker(cfg: TrainConfig):
                                                           "samples_per_s": steps * cfg.batch_size / seconds})
             folder = data.new_checkpoint(cfg.checkpoint_dir, epoch)
             ddp.save_atomic({"model": ddp.unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                             "scheduler": sched.state_dict(), "epoch": epoch, "classes": cfg.classes},
+                             "scheduler": sched.state_dict(), "decay": decay, "epoch": epoch,
+                             "classes": cfg.classes},
                             os.path.join(folder, STATE_FILE))
             data.seal(folder)
         ddp.barrier(r)

@@ -134,7 +134,7 @@ def write_outputs(spark, opts, run, images, n_train, cfg) -> dict:
 
     rows = _metric_rows(opts.checkpoint_dir)
     summary = {}
-    with atomic_output(spark, opts.output, run.run_id, opts.mode) as tmp:
+    with atomic_output(spark, opts.output, run, opts.mode) as tmp:
         local = local_path(tmp)
         os.makedirs(local, exist_ok=True)
         shutil.copy(os.path.join(opts.checkpoint_dir, "generator.pt"), os.path.join(local, "generator.pt"))

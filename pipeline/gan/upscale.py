@@ -128,7 +128,7 @@ def run(spark, opts, run, _=None) -> dict:
                    F.lit(16).alias("mode"), F.encode("sr.data_latin1", "ISO-8859-1").alias("data"),
                    "sr.psnr_sr", "sr.psnr_bicubic", "sr.ssim_sr", "sr.ssim_bicubic"))
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(opts.batch_size * 4))
-    with atomic_output(spark, opts.output, run.run_id, opts.mode) as tmp:
+    with atomic_output(spark, opts.output, run, opts.mode) as tmp:
         writer = out.write.partitionBy("split") if "split" in keep else out.write  # the images layout
         writer.parquet(f"{tmp}/images")
         written = spark.read.parquet(f"{tmp}/images")
