@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline import images as im
-from pipeline.featurize import APPLICATIONS, DeepImageFeaturizer, build_model, to_model_input
+from pipeline.featurize import APPLICATIONS, DeepImageFeaturizer
 from pipeline.ingest import load_bundled
 
 
@@ -19,18 +19,29 @@ def photos(spark):
     return spark.createDataFrame(rows, im.IMAGE_DDL)
 
 
-def plain_features(df, model_name=None, model_file=None, layer=None):
-    model, shape, preprocess = build_model(model_name, model_file, None, layer)
-    rows = df.where("path != 'broken'").orderBy("path").collect()
-    x = np.stack([to_model_input(r.height, r.width, r.nChannels, r.data, shape) for r in rows])
-    return [r.path for r in rows], np.asarray(model.predict(preprocess(x), verbose=0))
+def keras_reference(arrays):
+    """What a Keras user writes by hand: PIL resize to 224x224, gray to RGB, alpha dropped, Keras'
+    own MobileNetV2 (seeded untrained weights, as weights='random' promises) and its own
+    preprocess_input. Nothing of pipeline.featurize is used."""
+    import keras
+    from PIL import Image
+
+    def rgb(a):
+        return np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a[:, :, :3]
+
+    x = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(rgb(a))).resize((224, 224), Image.Resampling.BILINEAR),
+                             np.float32) for a in arrays])
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(include_top=False, weights=None, pooling="avg", input_shape=(224, 224, 3))
+    return np.asarray(model.predict(keras.applications.mobilenet_v2.preprocess_input(x), verbose=0))
 
 
 def test_spark_features_equal_plain_keras_predict(spark, photos):
     f = DeepImageFeaturizer(modelName="MobileNetV2", weights="random", batchSize=4)
     out = f.transform(photos).orderBy("path").collect()
     good = [r for r in out if r.path != "broken"]
-    paths, expected = plain_features(photos, model_name="MobileNetV2")
+    paths = sorted(f"bundled:photos/{n}" for n in ("astronaut", "camera", "cat", "coffee", "logo", "moon"))
+    expected = keras_reference([np.asarray(a)[:160, :200] for a in load_bundled("photos")[0][:6]])
     assert [r.path for r in good] == paths
     got = np.stack([r.features.toArray() for r in good])
     assert got.shape == (6, 1280)
