@@ -1,47 +1,47 @@
 """GAN training throughput: TorchDistributor (barrier tasks on local[2]) vs a plain in-process loop.
 
 Same model, same global batch, same data (the bundled MNIST digits for DCGAN, scikit-image's photos
-for SRGAN), same loop code (`pipeline.gan.train.train_worker`), same run. Steps/s is the median of
+for SRGAN), same loop code (`pipeline.gan.train.train_worker`), same run; and the plain loop
+again with its batches made inline, on the step's thread (--prefetch 0). Steps/s is the median of
 the logged intervals after the first (warm-up), as the training log reports it; the end-to-end rate
 also counts process start, DDP set-up and the launch through Spark.
 """
 
 import argparse
-import json
 import os
 import shutil
 import statistics
 import time
+from dataclasses import replace
 
 from common import DATA, local_spark
 
+from pipeline.gan import checkpoints
+from pipeline.gan.config import TrainConfig
 from pipeline.gan.train import train_worker
 
-CASES = {"dcgan": {"source": "mnist", "batch_size": 64, "width": 32, "crop": 96, "log_every": 20},
-         "srgan": {"source": "photos", "batch_size": 16, "width": 64, "crop": 96, "log_every": 2}}
+CASES = {"dcgan": {"source": "mnist", "batch_size": 64, "width": 32, "log_every": 20},
+         "srgan": {"source": "photos", "batch_size": 16, "width": 64, "log_every": 2}}
 
 
-def config(model: str, table: str, folder: str, steps: int, threads: int) -> dict:
+def config(model: str, table: str, folder: str, steps: int, threads: int) -> TrainConfig:
     case = CASES[model]
-    return {"model": model, "input": table, "checkpoint_dir": folder, "steps": steps, "batch_size": case["batch_size"],
-            "lr": 2e-4, "width": case["width"], "nz": 100, "blocks": 16, "crop": case["crop"],
-            "pretrain_steps": steps // 2, "bicubic_skip": True, "vgg19_weights": None, "use_gpu": False,
-            "threads": threads, "seed": 0, "resume": False, "checkpoint_every": steps, "log_every": case["log_every"],
-            "sample_every": steps, "amp": True}
+    return TrainConfig(model=model, input=table, checkpoint_dir=folder, steps=steps, batch_size=case["batch_size"],
+                       lr=2e-4, width=case["width"], pretrain_steps=steps // 2, threads=threads,
+                       checkpoint_every=steps, log_every=case["log_every"], sample_every=steps)
 
 
 def steps_per_s(folder: str, batch: int) -> float:
-    with open(os.path.join(folder, "metrics.jsonl")) as fh:
-        rates = [r["value"] for r in map(json.loads, fh) if r["name"] == "images_per_s"]
+    rates = [r["value"] for r in checkpoints.read_metrics(folder) if r["name"] == "images_per_s"]
     return statistics.median(rates[1:] or rates) / batch
 
 
 def timed_run(fn, cfg):
-    shutil.rmtree(cfg["checkpoint_dir"], ignore_errors=True)
+    shutil.rmtree(cfg.checkpoint_dir, ignore_errors=True)
     t0 = time.perf_counter()
     fn(cfg)
     wall = time.perf_counter() - t0
-    return steps_per_s(cfg["checkpoint_dir"], cfg["batch_size"]), cfg["steps"] / wall
+    return steps_per_s(cfg.checkpoint_dir, cfg.batch_size), cfg.steps / wall
 
 
 def main():
@@ -65,6 +65,9 @@ def main():
 
     results = {}
     results["plain"] = timed_run(train_worker, config(args.model, table, folder, steps, cores))
+    # the same loop with its batches made inline, on the step's thread (no prefetch)
+    inline_cfg = replace(config(args.model, table, folder, steps, cores), prefetch=0)
+    results["inline"] = timed_run(train_worker, inline_cfg)
     for procs in (1, cores):
         def distributed(cfg, procs=procs):
             return TorchDistributor(num_processes=procs, local_mode=False, use_gpu=False).run(train_worker, cfg)
@@ -76,6 +79,9 @@ def main():
     plain, _ = results["plain"]
     print(f"{args.model}, global batch {batch}, {steps} steps per run, {cores} cores")
     print(f"plain in-process loop ({cores} torch threads):  {plain:6.2f} steps/s  (end to end {results['plain'][1]:.2f})")
+    inline = results["inline"][0]
+    print(f"the same, batches made inline (--prefetch 0):   {inline:6.2f} steps/s  ratio prefetch/inline "
+          f"{plain / inline:.2f}x")
     for procs in (1, cores):
         rate, e2e = results[procs]
         print(f"TorchDistributor {procs} process(es) x {cores // procs} thread(s): {rate:6.2f} steps/s "

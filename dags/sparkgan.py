@@ -83,13 +83,15 @@ with DAG(
                           "--model-file", "{{ params.model_file }}", "--feature-layer={{ params.feature_layer }}")
     transfer = spark_job("transfer", "--input", f"{RUN}/features", "--output", f"{RUN}/transfer")
     transfer_demo = spark_job("transfer_demo", "--input", f"{RUN}/digits/images", "--output", f"{RUN}/transfer")
+    # training tasks: an Airflow retry continues from the failed try's checkpoint (--resume auto)
     train_digits = spark_job("train_digits", "--input", f"{RUN}/digits/images", "--output", f"{RUN}/lenet5",
-                             "--epochs", "{{ params.digits_epochs }}", bigdl=True)
+                             "--epochs", "{{ params.digits_epochs }}", "--resume", "auto", bigdl=True)
     train_dcgan = spark_job("train_gan", "--model", "dcgan", "--input", f"{RUN}/digits/images",
-                            "--output", f"{RUN}/dcgan", "--steps", "{{ params.dcgan_steps }}", task_id="train_dcgan")
+                            "--output", f"{RUN}/dcgan", "--steps", "{{ params.dcgan_steps }}", "--resume", "auto",
+                            task_id="train_dcgan")
     train_srgan = spark_job("train_gan", "--model", "srgan", "--input", f"{RUN}/photos/images",
                             "--output", f"{RUN}/srgan", "--steps", "{{ params.srgan_steps }}",
-                            "--crop", "{{ params.srgan_crop }}", task_id="train_srgan")
+                            "--crop", "{{ params.srgan_crop }}", "--resume", "auto", task_id="train_srgan")
     upscale = spark_job("upscale", "--generator", f"{RUN}/srgan", "--input", f"{RUN}/photos/images",
                         "--output", f"{RUN}/upscaled")
 

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     progress = Progress()
     try:
-        profile = load_profile(args.conf_file, args.conf)
+        profile = load_profile(args.conf_file, args.conf, args.job)
         opts = resolve_options(args, parsers[args.job], defaults[args.job], profile, args.job)
         summary = run_job(args.job, opts, profile, progress)
     except PipelineError as exc:

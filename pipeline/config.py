@@ -9,10 +9,13 @@ A profile looks like::
     runs_table: out/runs         # where every job appends its `runs` row
     jobs:
       ingest: {partitions: 8}    # defaults for `sparkgan ingest` options
+      upscale:
+        spark: {spark.task.resource.gpu.amount: 0.25}   # Spark settings of this job's runs only
 
 Precedence, lowest first: the option's built-in default, the profile's `jobs.<job>` value,
-the command line. Spark settings: the `spark_defaults` file, then `spark:`, then `--conf
-key=value`, the way spark-submit layers --properties-file and --conf.
+the command line. Spark settings: the `spark_defaults` file, then `spark:`, then the job's
+`jobs.<job>.spark:`, then `--conf key=value`, the way spark-submit layers --properties-file and
+--conf.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ class Profile:
     jobs: dict[str, dict] = field(default_factory=dict)
 
 
-def load_profile(path: str | None, overrides: list[str] | None = None) -> Profile:
+def load_profile(path: str | None, overrides: list[str] | None = None, job: str | None = None) -> Profile:
+    """The profile at `path` (default conf/local.yaml) with the Spark settings of `job`'s runs."""
     path = str(path or conf_dir() / "local.yaml")
     try:
         with open(path) as fh:
@@ -75,13 +79,20 @@ def load_profile(path: str | None, overrides: list[str] | None = None) -> Profil
     if raw.get("spark_defaults"):
         spark.update(read_spark_defaults(os.path.join(os.path.dirname(path), str(raw["spark_defaults"]))))
     spark.update({str(k): _spark_value(v) for k, v in (raw.get("spark") or {}).items()})
+    jobs = raw.get("jobs") or {}
+    for name, section in jobs.items():  # a job's own Spark settings are no job option: take them out
+        job_spark = section.pop("spark", None) if isinstance(section, dict) else None
+        if job_spark is not None and not isinstance(job_spark, dict):
+            raise PipelineError(f"--conf-file {path}: 'jobs.{name}.spark' must be a mapping")
+        if name == job:
+            spark.update({str(k): _spark_value(v) for k, v in (job_spark or {}).items()})
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key.startswith("spark."):
             raise PipelineError(f"--conf {item!r}: expected spark.<key>=<value>")
         spark[key.strip()] = value.strip()
     return Profile(path=path, master=str(raw.get("master", "local[*]")), spark=spark,
-                   runs_table=str(raw.get("runs_table", "out/runs")), jobs=raw.get("jobs") or {})
+                   runs_table=str(raw.get("runs_table", "out/runs")), jobs=jobs)
 
 
 def read_spark_defaults(path: str) -> dict[str, str]:

@@ -89,14 +89,18 @@ def rank_device(use_gpu: bool) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on a GPU that has it; otherwise fp32 (a no-op context).
+def bf16_native(device: torch.device) -> bool:
+    """Whether the device computes in bf16 natively: NVIDIA GPUs from Ampere (compute capability 8) on."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
 
-    CPUs stay in fp32: bf16 is slower than fp32 on most of them and would change the results
-    the CPU tests check.
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on a GPU that has bf16; otherwise fp32 (a no-op context).
+
+    Older GPUs would only emulate bf16, slowly. CPUs stay in fp32: bf16 is slower than fp32 on
+    most of them and would change the results the CPU tests check.
     """
-    on = bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and bf16_native(device))
 
 
 def setup(use_gpu: bool, threads: int, seed: int) -> Rank:
@@ -110,6 +114,7 @@ def setup(use_gpu: bool, threads: int, seed: int) -> Rank:
     device = rank_device(use_gpu)
     if use_gpu:
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # training batches keep one shape: time cuDNN's kernels once
     else:
         torch.set_num_threads(threads)
     if world > 1 and not torch.distributed.is_initialized():

@@ -60,3 +60,22 @@ def add_resume(p: argparse.ArgumentParser, what: str) -> dict:
                         "configuration; auto: continue from it when it is of this configuration, else "
                         "start fresh, saying which (what an Airflow retry wants); off: start fresh")
     return {"resume": "off"}
+
+
+def resume_decision(mode: str, found: str | None, saved: dict, current: dict) -> tuple[bool, str]:
+    """(continue from `found`?, the line that says why) for --resume on|auto|off.
+
+    `found` names the newest complete checkpoint (None: there is none), `saved` the configuration
+    it was written with, `current` this run's: a checkpoint continues only a run of the same
+    configuration; `on` refuses another one, `auto` starts fresh and names what changed.
+    """
+    if mode == "off" or found is None:
+        return False, "starting fresh" + (" (no checkpoint yet)" if mode != "off" else "")
+    changed = sorted(k for k in current.keys() | saved.keys() if saved.get(k) != current.get(k))
+    if not changed:
+        return True, f"resuming from {found}"
+    what = ", ".join(f"{k} {saved.get(k)!r} → {current.get(k)!r}" for k in changed)
+    if mode == "on":
+        raise PipelineError(f"--resume: the checkpoint {found} is of another configuration ({what}); "
+                            "use --resume auto to start fresh instead")
+    return False, f"starting fresh: the checkpoint {found} is of another configuration ({what})"

@@ -16,6 +16,12 @@ def test_shipped_profiles_layer_spark_defaults_yaml_and_conf_flags():
     gpu = load_profile(str(conf_dir() / "gpu.yaml")).spark
     assert gpu["spark.task.resource.gpu.amount"] == "1" and gpu["spark.executor.resource.gpu.amount"] == "1"
     assert gpu["spark.executor.resource.gpu.discoveryScript"].endswith("conf/getGpusResources.sh")
+    # inference shares each GPU between tasks; training keeps whole GPUs (TorchDistributor needs them)
+    upscale = load_profile(str(conf_dir() / "gpu.yaml"), job="upscale")
+    assert upscale.spark["spark.task.resource.gpu.amount"] == "0.25" and "spark" not in upscale.jobs["upscale"]
+    assert load_profile(str(conf_dir() / "gpu.yaml"), job="train_gan").spark["spark.task.resource.gpu.amount"] == "1"
+    assert load_profile(str(conf_dir() / "gpu.yaml"), ["spark.task.resource.gpu.amount=0.5"],
+                        job="upscale").spark["spark.task.resource.gpu.amount"] == "0.5"  # --conf wins
     cluster = load_profile(str(conf_dir() / "cluster.yaml")).spark
     assert cluster["spark.executor.cores"] == "1" and cluster["spark.cores.max"] == "2"
 
@@ -47,8 +53,9 @@ def test_gpu_discovery_script_prints_spark_resource_json(tmp_path):
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
     out = subprocess.run([script], env=env, capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == {"name": "gpu", "addresses": ["0", "1"]}
-    out = subprocess.run([script], env={**env, "CUDA_VISIBLE_DEVICES": "3"}, capture_output=True, text=True).stdout
-    assert json.loads(out)["addresses"] == ["3"]
+    # with CUDA_VISIBLE_DEVICES the addresses are positions in it, as TorchDistributor reads them back
+    out = subprocess.run([script], env={**env, "CUDA_VISIBLE_DEVICES": "3,5"}, capture_output=True, text=True).stdout
+    assert json.loads(out)["addresses"] == ["0", "1"]
     if not shutil.which("nvidia-smi", path="/usr/bin:/bin"):  # a node without GPUs says so and offers none
         r = subprocess.run([script], env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
         assert r.returncode == 0 and json.loads(r.stdout)["addresses"] == [] and "no GPUs" in r.stderr

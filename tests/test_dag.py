@@ -34,6 +34,7 @@ print(json.dumps({
     "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
     "catchup": dag.catchup, "schedule": dag.timetable.expression, "max_active_tasks": dag.max_active_tasks,
     "pools": sorted({t.pool for t in dag.tasks}),
+    "args": {t.task_id: list(t.application_args) for t in dag.tasks if hasattr(t, "application_args")},
     "retries": dag.default_args["retries"], "params": sorted(dag.params.keys()),
     "train_digits": [dag.get_task("train_digits")._conn_id, dag.get_task("train_digits").application,
                      bool(dag.get_task("train_digits").jars)],
@@ -56,6 +57,9 @@ def test_dag_imports_and_wires_the_jobs(airflow_env):
     assert up["train_digits"] == up["train_dcgan"] == ["ingest_digits"]
     assert up["train_srgan"] == ["ingest_photos"] and up["upscale"] == ["train_srgan"]
     assert dag["max_active_tasks"] == 2 and dag["pools"] == ["default_pool"]
+    for task, args in dag["args"].items():  # a retry of a training task continues from its checkpoint
+        resumes = any(a == "--resume" and b == "auto" for a, b in zip(args, args[1:]))
+        assert resumes == task.startswith("train_"), task
     assert dag["catchup"] is False and dag["retries"] == 2 and dag["schedule"] == "0 2 * * *"
     assert {"data", "digits_source", "photos_source", "model_file"} <= set(dag["params"])
     conn, app, jars = dag["train_digits"]

@@ -150,7 +150,7 @@ def test_a_killed_try_is_retried_with_resume_auto_from_its_checkpoint(spark, mni
     r = subprocess.run(args + ["--batch-size", "64", "--epochs", "1"], cwd=ROOT, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "starting fresh: the checkpoint in" in r.stderr and "batch_size 32 → 64" in r.stderr
+    assert "starting fresh: the checkpoint" in r.stderr and "batch_size 32 → 64" in r.stderr
     metrics = pq.read_table(out / "metrics").to_pandas()
     assert sorted(metrics[metrics.name == "val_top1"].step) == [1]
     code = subprocess.run([*args, "--resume", "on"], cwd=ROOT, capture_output=True, text=True, timeout=600)

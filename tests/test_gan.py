@@ -1,6 +1,5 @@
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.gan.models import DCGANGenerator, SRResNet
-from tests.conftest import ROOT
+from tests.conftest import ROOT, kill_tree
 
 
 def test_model_shapes_and_bicubic_start():
@@ -36,6 +35,39 @@ def test_bad_gan_options(cli, tmp_path):
     code, _, err = cli("train_gan", "--model", "srgan", "--input", tmp_path / "t", "--output", tmp_path / "o",
                        "--vgg19-weights", tmp_path / "notvgg.pth")
     assert code == 2 and "not a torchvision VGG19 state dict" in err and len(err.strip().splitlines()) == 1
+
+
+def _validated(job: str, *args):
+    """A job's options as its validate() leaves them (no Spark)."""
+    import importlib
+
+    from pipeline.cli import JOBS, build_parser
+    from pipeline.config import load_profile, resolve_options
+
+    parser, parsers, defaults = build_parser()
+    opts = resolve_options(parser.parse_args([job, *map(str, args)]), parsers[job], defaults[job], load_profile(None),
+                           job)
+    importlib.import_module(JOBS[job].module).validate(opts)
+    return opts
+
+
+def test_gan_jobs_take_remote_tables_and_check_their_generator(tmp_path):
+    from pipeline.errors import PipelineError
+
+    # the ranks read hdfs:// and s3a:// tables themselves; Spark checks them when the job runs
+    assert _validated("train_gan", "--input", "hdfs://nn:8020/images", "--output", tmp_path / "o").input == \
+        "hdfs://nn:8020/images"
+    (tmp_path / "g").mkdir()
+    torch.save({}, tmp_path / "g" / "generator.pt")
+    (tmp_path / "g" / "generator.json").write_text(json.dumps({"model": "dcgan"}))
+    with pytest.raises(PipelineError, match="a dcgan generator, not an SRResNet"):
+        _validated("upscale", "--generator", tmp_path / "g", "--input", tmp_path, "--output", tmp_path / "o")
+    (tmp_path / "g" / "generator.json").write_text(json.dumps({"model": "srgan"}))
+    with pytest.raises(PipelineError, match="--tile -1"):
+        _validated("upscale", "--generator", tmp_path / "g", "--input", tmp_path, "--output", tmp_path / "o",
+                   "--tile", -1)
+    opts = _validated("upscale", "--generator", tmp_path / "g", "--input", tmp_path, "--output", tmp_path / "o")
+    assert (opts.tile, opts.precision, opts.batch_size) == (128, "bf16", 8)
 
 
 def test_vgg19_features_load_a_torchvision_layout_state_dict(tmp_path):
@@ -134,27 +166,12 @@ def test_dcgan_samples_are_recognised_as_digits(spark, cli, datasets, tmp_path):
     assert share["DCGAN samples"] > max(share["uniform noise"], share["shuffled digits"]) + 0.15
 
 
-def _descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        for task in os.listdir(f"/proc/{parent}/task") if os.path.isdir(f"/proc/{parent}/task") else []:
-            try:
-                with open(f"/proc/{parent}/task/{task}/children") as fh:
-                    kids = [int(k) for k in fh.read().split()]
-            except OSError:
-                kids = []
-            found += kids
-            todo += kids
-    return found
-
-
 @pytest.mark.slow
 def test_killed_training_resumes_to_the_same_layout(datasets, tmp_path):
     images = datasets / "mnist" / "images"
     args = [sys.executable, "-m", "pipeline", "train_gan", "--model", "dcgan", "--input", str(images),
             "--output", str(tmp_path / "dc"), "--steps", "250", "--checkpoint-every", "50", "--runs-table",
-            str(tmp_path / "runs")]
+            str(tmp_path / "runs"), "--resume", "auto", "--mode", "overwrite"]  # what the DAG's every try runs
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     ckpt = tmp_path / "dc.checkpoints" / "checkpoint.pt"
@@ -162,18 +179,12 @@ def test_killed_training_resumes_to_the_same_layout(datasets, tmp_path):
         if ckpt.exists() and torch.load(ckpt, weights_only=False)["step"] >= 100:
             break
         time.sleep(0.2)
-    # Like a lost machine: the driver, its JVM, Spark's Python workers, torchrun and the ranks
-    # all die at once (the ranks start their own sessions, so a process-group kill misses them).
-    for pid in [proc.pid, *_descendants(proc.pid)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
+    kill_tree(proc)  # like a lost machine: driver, JVM, Python workers, torchrun and ranks at once
     killed_at = torch.load(ckpt, weights_only=False)["step"]
     assert 100 <= killed_at < 250 and not (tmp_path / "dc").exists()
-    r = subprocess.run(args + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)  # the retry
     assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming from {ckpt} (step {killed_at})" in r.stderr  # the driver says so
     assert f"resuming dcgan from step {killed_at}" in r.stderr + r.stdout
     layout = sorted(os.listdir(tmp_path / "dc"))
     assert layout == ["generated", "generator.json", "generator.pt", "loss_curves.png", "metrics", "samples"]
@@ -184,4 +195,14 @@ def test_killed_training_resumes_to_the_same_layout(datasets, tmp_path):
     steps = pq.read_table(tmp_path / "dc" / "metrics").to_pandas().query("name == 'loss_g'").step.tolist()
     assert sorted(steps) == list(range(50, 251, 50))  # no gap and no duplicate across the kill
     runs = _runs(tmp_path / "runs", "train_gan")
-    assert json.loads(runs.iloc[-1].config)["resume"] is True and runs.iloc[-1].status == "succeeded"
+    assert json.loads(runs.iloc[-1].config)["resume"] == "auto" and runs.iloc[-1].status == "succeeded"
+    assert dict(runs.iloc[-1].metrics)["resumed_from_step"] == killed_at
+    first = runs.iloc[0]  # the killed try's row never got written: its driver died with it
+    assert len(runs) == 1 or dict(first.metrics)["resumed_from_step"] == 0
+
+    # another shape (batch 32): its checkpoint is never used; the run starts over and says why
+    r = subprocess.run([*args, "--batch-size", "32", "--steps", "20", "--checkpoint-every", "10"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "starting fresh: the checkpoint" in r.stderr and "batch_size 64 → 32" in r.stderr
+    assert torch.load(ckpt, weights_only=False)["step"] == 20

@@ -99,27 +99,19 @@ FINGERPRINT = "config.json"
 
 
 def resume_point(folder: str, mode: str, fingerprint: dict) -> tuple[tuple[str, int] | None, str]:
-    """(checkpoint to continue from or None, the line that says why) for --resume on|auto|off.
+    """(checkpoint to continue from or None, the line that says why) for --resume on|auto|off;
+    the fingerprint (data, model and optimizer settings; the epoch count may grow) must match."""
+    from pipeline.options import resume_decision
 
-    A checkpoint continues only a run of the same configuration (the fingerprint: data, model and
-    optimizer settings; the epoch count may grow); `on` refuses another one, `auto` starts fresh.
-    """
-    latest = latest_checkpoint(folder) if mode != "off" else None
-    if latest is None:
-        return None, "starting fresh" + (f" (no checkpoint in {folder})" if mode != "off" else "")
+    latest = latest_checkpoint(folder)
     try:
         with open(os.path.join(local_path(folder), FINGERPRINT)) as fh:
             saved = json.load(fh)
     except (OSError, ValueError):
         saved = {}
-    changed = sorted(k for k in fingerprint.keys() | saved.keys() if saved.get(k) != fingerprint.get(k))
-    if changed:
-        what = ", ".join(f"{k} {saved.get(k)!r} → {fingerprint.get(k)!r}" for k in changed)
-        if mode == "on":
-            raise PipelineError(f"--resume: the checkpoint in {folder} is of another configuration ({what}); "
-                                "use --resume auto to start fresh instead")
-        return None, f"starting fresh: the checkpoint in {folder} is of another configuration ({what})"
-    return latest, f"resuming from {latest[0]} (epoch {latest[1]} done)"
+    found = f"{latest[0]} (epoch {latest[1]} done)" if latest else None
+    resume, why = resume_decision(mode, found, saved, fingerprint)
+    return (latest if resume else None), why
 
 
 def start_fresh(folder: str, fingerprint: dict) -> None:

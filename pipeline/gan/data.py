@@ -1,10 +1,21 @@
-"""Training batches streamed from an images table, each rank reading only its own Parquet files."""
+"""Training batches streamed from an images table, each rank reading only its own Parquet files.
 
-import glob
+Files are listed and read through pyarrow's filesystem layer, so a table on a local or shared
+disk (a path or file:), on HDFS (hdfs://, needs libhdfs and the Hadoop CLASSPATH on the
+workers) or on S3 (s3://; Hadoop's s3a:// is read as s3://) works the same. `prefetch` makes
+the batches on a background thread, ahead of the training step that takes them.
+"""
+
+from __future__ import annotations
+
 import os
+import queue
 import random
+import re
+import threading
 
 import numpy as np
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -13,41 +24,59 @@ from pipeline import images as im
 COLUMNS = ["height", "width", "nChannels", "data"]
 
 
-def shard_files(table: str, split: str, rank: int, world: int) -> tuple[list[str], bool]:
-    """(files for this rank, whether rows must be further split by index).
+def arrow_uri(table: str) -> str:
+    """A table's location as pyarrow spells it: local paths absolute, Hadoop's s3a:// as s3://."""
+    if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", table):
+        return os.path.abspath(table)
+    return re.sub(r"^s3[an]://", "s3://", table)
+
+
+def filesystem(table: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path in it) for a table given as a local path or a URI."""
+    return pafs.FileSystem.from_uri(arrow_uri(table))
+
+
+def shard_files(table: str, split: str, rank: int, world: int) -> tuple[pafs.FileSystem, list[str], bool]:
+    """(filesystem, files for this rank, whether rows must be further split by index).
 
     With at least as many files as ranks each rank reads whole files of its own; otherwise every
     rank reads all of them and keeps rows i % world == rank.
     """
-    files = sorted(glob.glob(os.path.join(table, f"split={split}", "*.parquet")))
+    fs, root = filesystem(table)
+    folder = f"{root.rstrip('/')}/split={split}"
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(folder))
+    except FileNotFoundError:
+        infos = []
+    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                   and not i.base_name.startswith(("_", ".")))  # Spark's rule for hidden files
     if not files:
         raise FileNotFoundError(f"{table}: no Parquet files in split={split}")
     if len(files) >= world:
-        return files[rank::world], False
-    return files, True
+        return fs, files[rank::world], False
+    return fs, files, True
 
 
 def iter_images(table: str, split: str, rank: int, world: int, seed: int):
     """Endless RGB-or-gray uint8 arrays of this rank's shard, reshuffled every pass."""
-    files, by_row = shard_files(table, split, rank, world)
+    fs, files, by_row = shard_files(table, split, rank, world)
     rng = random.Random(seed * 1000 + rank)
-    epoch = 0
     while True:
         rng.shuffle(files)
         buffer = []
         for path in files:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=COLUMNS):
-                for i, (h, w, c, d) in enumerate(zip(*(batch.column(k).to_pylist() for k in COLUMNS))):
-                    if by_row and i % world != rank:
-                        continue
-                    buffer.append(im.row_to_array(h, w, c, d))
-                if len(buffer) >= 1024:
-                    rng.shuffle(buffer)
-                    yield from buffer
-                    buffer = []
+            with fs.open_input_file(path) as fh:
+                for batch in pq.ParquetFile(fh).iter_batches(batch_size=256, columns=COLUMNS):
+                    for i, (h, w, c, d) in enumerate(zip(*(batch.column(k).to_pylist() for k in COLUMNS))):
+                        if by_row and i % world != rank:
+                            continue
+                        buffer.append(im.row_to_array(h, w, c, d))
+                    if len(buffer) >= 1024:
+                        rng.shuffle(buffer)
+                        yield from buffer
+                        buffer = []
         rng.shuffle(buffer)
         yield from buffer
-        epoch += 1
 
 
 def digit_batches(table: str, rank: int, world: int, batch: int, seed: int = 0, size: int = 32):
@@ -95,3 +124,66 @@ def sr_batches(table: str, rank: int, world: int, batch: int, crop: int = 96, sc
         rng.shuffle(pending)
         take, pending = pending[:batch], pending[batch:]
         yield np.stack([p[0] for p in take]), np.stack([p[1] for p in take])
+
+
+def prefetch(items, depth: int, prepare=None):
+    """What `items` yields, passed through `prepare`, made up to `depth` items ahead on a
+    background thread, so reading, decoding and cropping overlap the training step (PIL, numpy
+    and Parquet release the GIL for their heavy parts). The order is unchanged, so the batches
+    are the same as without it; an error in the thread is raised here. depth 0: inline.
+    """
+    prepare = prepare or (lambda item: item)
+    if depth <= 0:
+        return (prepare(item) for item in items)
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(entry) -> bool:  # False once the consumer has gone
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fill():
+        try:
+            for item in items:
+                if not offer((prepare(item), None)):
+                    return
+            offer((_END, None))
+        except BaseException as exc:  # hand it to the consumer, which would otherwise wait forever
+            offer((None, exc))
+
+    threading.Thread(target=fill, name="batch-prefetch", daemon=True).start()  # starts now, not at next()
+    return _drain(ready, stop)
+
+
+_END = object()
+
+
+def _drain(ready: queue.Queue, stop: threading.Event):
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()  # the consumer stopped (or failed): let the thread end
+
+
+def write_table(table: str, arrays, split: str = "train") -> None:
+    """HxWxC uint8 arrays (RGB or gray) → an images table with one Parquet file, written with
+    pyarrow alone: data for checks that run without Spark (scripts/gpu_check.py, tests)."""
+    import pyarrow as pa
+
+    rows = [(f"mem:{split}/{i:05d}", None, None, None, *im.array_to_row(a)) for i, a in enumerate(arrays)]
+    names = ["path", "origin", "label", "label_index", "height", "width", "nChannels", "mode", "data"]
+    types = [pa.string()] * 3 + [pa.int32()] * 5 + [pa.binary()]
+    batch = pa.table([pa.array(col, t) for col, t in zip(zip(*rows), types)], names=names)
+    os.makedirs(os.path.join(table, f"split={split}"), exist_ok=True)
+    pq.write_table(batch, os.path.join(table, f"split={split}", "part-00000.parquet"))

@@ -1,66 +1,47 @@
-"""The training loop each process runs (launched by TorchDistributor, or directly for one process).
+"""The training loop each rank runs (launched by TorchDistributor, or called directly in one process).
 
-Everything it needs comes in one plain dict (`cfg`), so it pickles to the workers. DDP over gloo
-(CPU) or NCCL (GPU); on CUDA, bf16/fp16 autocast and channels_last. Rank 0 logs, appends metric
-rows to `metrics.jsonl`, writes samples, and checkpoints every `checkpoint_every` steps
-(write to a temporary file, then rename: a checkpoint is whole or absent).
+One loop for both GANs; what differs is a `Model`: how G and D are built, where the batches come
+from, one optimisation step, and (DCGAN) sample grids. DDP over gloo (CPU) or NCCL (GPU); on
+GPUs bf16 autocast and channels_last. Batches are made on a background thread ahead of the
+step (`TrainConfig.prefetch`). Rank 0 logs, appends metric rows and checkpoints every
+`checkpoint_every` steps into the checkpoint folder (layout: `pipeline.gan.checkpoints`).
 """
 
-import json
+from __future__ import annotations
+
 import logging
 import os
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline import ddp
+from pipeline.gan import checkpoints, data, models
+from pipeline.gan.config import ADVERSARIAL_LOSS_WEIGHT, SCALE, VGG_LOSS_WEIGHT, TrainConfig
+
 log = logging.getLogger("pipeline.gan")
 
 
-def _setup(cfg):
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if cfg["use_gpu"] and not torch.cuda.is_available():
-        # hours of silent CPU training would be worse than stopping here
-        import socket
-        raise RuntimeError(f"--use-gpu on, but PyTorch sees no CUDA device on {socket.gethostname()} "
-                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, torch "
-                           f"{torch.__version__}): a CPU build of torch, or no GPU given to this task")
-    cuda = cfg["use_gpu"]
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    else:
-        torch.set_num_threads(cfg.get("threads", 1))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    torch.manual_seed(cfg["seed"] + rank)
-    return rank, world, device, cuda
+@dataclass
+class Nets:
+    """One rank's networks, optimizers and settings: what a model's step works on."""
 
+    cfg: TrainConfig
+    device: torch.device
+    G: nn.Module
+    D: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    features: nn.Module | None = None  # SRGAN's VGG19 for the content loss, when given
+    bce = nn.BCEWithLogitsLoss()
 
-def _wrap(model, device, world, cuda):
-    model = model.to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    return model
-
-
-def _unwrap(model):
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def latest_checkpoint(folder: str):
-    path = os.path.join(folder, "checkpoint.pt")
-    return path if os.path.isfile(path) else None
-
-
-def _save(folder, state):
-    tmp = os.path.join(folder, "checkpoint.pt.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, os.path.join(folder, "checkpoint.pt"))
+    def autocast(self):
+        return ddp.autocast(self.device, self.cfg.amp)
 
 
 def _step(opt, loss) -> None:
@@ -69,132 +50,167 @@ def _step(opt, loss) -> None:
     opt.step()
 
 
-def _discriminator_step(D, opt_d, real, fake, bce, amp):
+def _discriminator_step(n: Nets, real, fake):
     """One discriminator update, real vs (detached) generated; returns its loss."""
     ones, zeros = torch.ones(len(real), device=real.device), torch.zeros(len(real), device=real.device)
-    with amp:
-        loss_d = bce(D(real), ones) + bce(D(fake.detach()), zeros)
-    _step(opt_d, loss_d)
+    with n.autocast():
+        loss_d = n.bce(n.D(real), ones) + n.bce(n.D(fake.detach()), zeros)
+    _step(n.opt_d, loss_d)
     return loss_d
 
 
-class MetricLog:
-    """Rank 0's metric rows, one JSON object per line; a resume drops rows past its step."""
+# ---------------------------------------------------------------- DCGAN
 
-    def __init__(self, folder, resume_step):
-        self.path = os.path.join(folder, "metrics.jsonl")
-        kept = []
-        if resume_step and os.path.exists(self.path):
-            with open(self.path) as fh:
-                kept = [line for line in fh if json.loads(line)["step"] <= resume_step]
-        with open(self.path, "w") as fh:
-            fh.writelines(kept)
-
-    def add(self, step, **values):
-        with open(self.path, "a") as fh:
-            for name, value in values.items():
-                fh.write(json.dumps({"step": step, "name": name, "value": float(value)}) + "\n")
+def build_dcgan(cfg: TrainConfig, r: ddp.Rank):
+    G, D = models.DCGANGenerator(cfg.nz, cfg.width), models.DCGANDiscriminator(cfg.width)
+    G.apply(models.dcgan_init)
+    D.apply(models.dcgan_init)
+    return G, D, None
 
 
-def train_worker(cfg: dict):
-    from pipeline.gan import data, models
+def dcgan_batches(cfg: TrainConfig, rank: int, world: int, batch: int):
+    return ((real,) for real in data.digit_batches(cfg.input, rank, world, batch, cfg.seed))
 
-    if not logging.getLogger().handlers:  # a fresh worker process: make the progress lines visible
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    rank, world, device, cuda = _setup(cfg)
-    folder = cfg["checkpoint_dir"]
+
+def dcgan_step(n: Nets, step: int, batch) -> dict[str, float]:
+    (real,) = batch
+    z = torch.randn(len(real), n.cfg.nz, 1, 1, device=n.device)
+    with n.autocast():
+        fake = n.G(z)
+    loss_d = _discriminator_step(n, real, fake)
+    with n.autocast():
+        loss_g = n.bce(n.D(fake), torch.ones(len(real), device=n.device))
+    _step(n.opt_g, loss_g)
+    return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+
+
+def dcgan_samples(n: Nets, step: int) -> None:
+    """A grid from 64 fixed latent vectors (the same every time: a seeded generator of its own)."""
+    z = torch.randn(64, n.cfg.nz, 1, 1, generator=torch.Generator().manual_seed(n.cfg.seed)).to(n.device)
+    n.G.eval()
+    with torch.no_grad():
+        grid = ddp.unwrap(n.G)(z).float().cpu().numpy()
+    np.save(checkpoints.sample_path(n.cfg.checkpoint_dir, step),
+            ((grid + 1) * 127.5).clip(0, 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------- SRGAN
+
+def build_srgan(cfg: TrainConfig, r: ddp.Rank):
+    G, D = models.SRResNet(cfg.blocks, cfg.width, SCALE, cfg.bicubic_skip), models.SRDiscriminator()
+    if not cfg.vgg19_weights:
+        if r.rank == 0:
+            log.info("VGG19 content loss is off (no --vgg19-weights file): content loss is pixel MSE only")
+        return G, D, None
+    return G, D, models.VGG19Features(cfg.vgg19_weights)
+
+
+def srgan_batches(cfg: TrainConfig, rank: int, world: int, batch: int):
+    return data.sr_batches(cfg.input, rank, world, batch, cfg.crop, SCALE, cfg.seed)
+
+
+def srgan_step(n: Nets, step: int, batch) -> dict[str, float]:
+    """Content loss only for the first `pretrain_steps` (SRResNet), then with the adversarial term."""
+    lr_img, hr = batch
+    with n.autocast():
+        sr = n.G(lr_img)
+        content = F.mse_loss(sr.float(), hr)
+        if n.features is not None:
+            content = content + VGG_LOSS_WEIGHT * F.mse_loss(n.features(sr.float()), n.features(hr))
+    values = {"loss_content": content.item()}
+    loss_g = content
+    if step > n.cfg.pretrain_steps:
+        loss_d = _discriminator_step(n, hr, sr)
+        with n.autocast():
+            adversarial = n.bce(n.D(sr), torch.ones(len(hr), device=n.device))
+        loss_g = content + ADVERSARIAL_LOSS_WEIGHT * adversarial
+        values.update(loss_d=loss_d.item(), loss_adversarial=adversarial.item())
+    _step(n.opt_g, loss_g)
+    values["loss_g"] = loss_g.item()
+    return values
+
+
+# ---------------------------------------------------------------- the loop
+
+@dataclass(frozen=True)
+class Model:
+    build: Callable      # (cfg, rank) -> (G, D, content-loss feature net or None), initialised, on CPU
+    betas: tuple[float, float]
+    batches: Callable    # (cfg, rank, world, local batch) -> endless tuples of float32 arrays
+    step: Callable       # (Nets, step, tuple of tensors on the device) -> {loss name: value}
+    sample: Callable | None = None  # (Nets, step): rank 0's extra output every sample_every steps
+
+
+MODELS = {"dcgan": Model(build_dcgan, (0.5, 0.999), dcgan_batches, dcgan_step, dcgan_samples),
+          "srgan": Model(build_srgan, (0.9, 0.999), srgan_batches, srgan_step)}
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step % every == 0 or step == last
+
+
+def _tensors(device: torch.device):
+    """Arrays → tensors on the prefetch thread; pinned for a GPU, so the copy to it is async."""
+    def convert(arrays):
+        tensors = tuple(torch.from_numpy(a) for a in arrays)
+        if device.type != "cuda":
+            return tensors
+        torch.cuda.set_device(device)  # a new thread starts on GPU 0: pin through this rank's GPU
+        return tuple(t.pin_memory() for t in tensors)
+    return convert
+
+
+def _resume(n: Nets, path: str) -> int:
+    state = torch.load(path, map_location=n.device, weights_only=False)
+    ddp.unwrap(n.G).load_state_dict(state["G"])
+    ddp.unwrap(n.D).load_state_dict(state["D"])
+    n.opt_g.load_state_dict(state["opt_g"])
+    n.opt_d.load_state_dict(state["opt_d"])
+    return state["step"]
+
+
+def train_worker(cfg: TrainConfig):
+    r = ddp.setup(cfg.use_gpu, cfg.threads, cfg.seed)
+    model, folder = MODELS[cfg.model], cfg.checkpoint_dir
     os.makedirs(folder, exist_ok=True)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.get("amp", True) else torch.autocast(
-        "cpu", enabled=False)
-    local_batch = cfg["batch_size"] // world
-
-    if cfg["model"] == "dcgan":
-        G, D = models.DCGANGenerator(cfg["nz"], cfg["width"]), models.DCGANDiscriminator(cfg["width"])
-        G.apply(models.dcgan_init)
-        D.apply(models.dcgan_init)
-        batches = data.digit_batches(cfg["input"], rank, world, local_batch, cfg["seed"])
-        betas, lr = (0.5, 0.999), cfg["lr"]
-    else:
-        G = models.SRResNet(cfg["blocks"], cfg["width"], 4, cfg["bicubic_skip"])
-        D = models.SRDiscriminator()
-        batches = data.sr_batches(cfg["input"], rank, world, local_batch, cfg["crop"], 4, cfg["seed"])
-        betas, lr = (0.9, 0.999), cfg["lr"]
-    G, D = _wrap(G, device, world, cuda), _wrap(D, device, world, cuda)
-    opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)
-    vgg = models.VGG19Features(cfg["vgg19_weights"]).to(device) if cfg.get("vgg19_weights") else None
-    bce = nn.BCEWithLogitsLoss()
+    G, D, features = model.build(cfg, r)
+    G, D = ddp.wrap(G, r), ddp.wrap(D, r)
+    n = Nets(cfg, r.device, G, D, torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=model.betas),
+             torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=model.betas),
+             features.to(r.device) if features is not None else None)
 
     start = 0
-    ckpt = latest_checkpoint(folder) if cfg["resume"] else None
+    ckpt = checkpoints.latest_checkpoint(folder) if cfg.resume else None
     if ckpt:
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        _unwrap(G).load_state_dict(state["G"])
-        _unwrap(D).load_state_dict(state["D"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        start = state["step"]
-        if rank == 0:
-            log.info("resuming %s from step %d (%s)", cfg["model"], start, ckpt)
-    metrics = MetricLog(folder, start) if rank == 0 else None
-    fixed_z = torch.randn(64, cfg["nz"], 1, 1, generator=torch.Generator().manual_seed(cfg["seed"])).to(device)
-    if rank == 0 and cfg["model"] == "srgan" and vgg is None:
-        log.info("VGG19 content loss is off (no --vgg19-weights file): content loss is pixel MSE only")
-
+        start = _resume(n, ckpt)
+        if r.rank == 0:
+            log.info("resuming %s from step %d (%s)", cfg.model, start, ckpt)
+    metrics = checkpoints.MetricLog(folder, start) if r.rank == 0 else None
+    batches = data.prefetch(model.batches(cfg, r.rank, r.world, cfg.batch_size // r.world), cfg.prefetch,
+                            _tensors(r.device))
     t_last, seen = time.perf_counter(), 0
-    for step in range(start + 1, cfg["steps"] + 1):
-        G.train()
-        if cfg["model"] == "dcgan":
-            real = torch.from_numpy(next(batches)).to(device)
-            z = torch.randn(len(real), cfg["nz"], 1, 1, device=device)
-            with amp:
-                fake = G(z)
-            loss_d = _discriminator_step(D, opt_d, real, fake, bce, amp)
-            with amp:
-                loss_g = bce(D(fake), torch.ones(len(real), device=device))
-            _step(opt_g, loss_g)
-            values = {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
-        else:
-            lr_img, hr = (torch.from_numpy(a).to(device) for a in next(batches))
-            gan_stage = step > cfg["pretrain_steps"]
-            with amp:
-                sr = G(lr_img)
-                content = F.mse_loss(sr.float(), hr)
-                if vgg is not None:
-                    content = content + 0.006 * F.mse_loss(vgg(sr.float()), vgg(hr))
-            values = {"loss_content": content.item()}
-            if gan_stage:
-                loss_d = _discriminator_step(D, opt_d, hr, sr, bce, amp)
-                with amp:
-                    adversarial = bce(D(sr), torch.ones(len(hr), device=device))
-                loss_g = content + 1e-3 * adversarial
-                values.update(loss_d=loss_d.item(), loss_adversarial=adversarial.item())
-            else:
-                loss_g = content
-            _step(opt_g, loss_g)
-            values["loss_g"] = loss_g.item()
-        seen += cfg["batch_size"]
-
-        if rank == 0 and (step % cfg["log_every"] == 0 or step == cfg["steps"]):
-            now = time.perf_counter()
-            rate = seen / (now - t_last)
-            t_last, seen = now, 0
-            metrics.add(step, images_per_s=rate, **values)
-            log.info("%s step %d/%d  %s  %.1f images/s", cfg["model"], step, cfg["steps"],
-                     "  ".join(f"{k} {v:.4f}" for k, v in values.items()), rate)
-        if rank == 0 and cfg["model"] == "dcgan" and (step % cfg["sample_every"] == 0 or step == cfg["steps"]):
-            G.eval()
-            with torch.no_grad():
-                grid = _unwrap(G)(fixed_z).float().cpu().numpy()
-            np.save(os.path.join(folder, f"samples_{step:06d}.npy"), ((grid + 1) * 127.5).clip(0, 255).astype(np.uint8))
-        if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
-            if rank == 0:
-                _save(folder, {"G": _unwrap(G).state_dict(), "D": _unwrap(D).state_dict(),
-                               "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step, "cfg": cfg})
-            if world > 1:
-                torch.distributed.barrier()
-    if rank == 0:
-        torch.save(_unwrap(G).state_dict(), os.path.join(folder, "generator.pt"))
-    if world > 1:
-        torch.distributed.destroy_process_group()
-    return {"steps": cfg["steps"], "resumed_from": start} if rank == 0 else None
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            n.G.train()
+            values = model.step(n, step, tuple(t.to(r.device, non_blocking=True) for t in next(batches)))
+            seen += cfg.batch_size
+            if r.rank == 0 and _due(step, cfg.log_every, cfg.steps):
+                now = time.perf_counter()
+                rate, t_last, seen = seen / (now - t_last), now, 0
+                metrics.add(step, images_per_s=rate, **values)
+                log.info("%s step %d/%d  %s  %.1f images/s", cfg.model, step, cfg.steps,
+                         "  ".join(f"{k} {v:.4f}" for k, v in values.items()), rate)
+            if r.rank == 0 and model.sample and _due(step, cfg.sample_every, cfg.steps):
+                model.sample(n, step)
+            if _due(step, cfg.checkpoint_every, cfg.steps):
+                if r.rank == 0:
+                    ddp.save_atomic({"G": ddp.unwrap(G).state_dict(), "D": ddp.unwrap(D).state_dict(),
+                                     "opt_g": n.opt_g.state_dict(), "opt_d": n.opt_d.state_dict(), "step": step,
+                                     "cfg": cfg.to_dict()}, os.path.join(folder, checkpoints.CHECKPOINT))
+                ddp.barrier(r)
+    finally:
+        batches.close()
+    if r.rank == 0:
+        ddp.save_atomic(ddp.unwrap(G).state_dict(), os.path.join(folder, checkpoints.GENERATOR))
+    ddp.teardown(r)
+    return {"steps": cfg.steps, "resumed_from": start} if r.rank == 0 else None
