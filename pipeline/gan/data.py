@@ -85,9 +85,7 @@ def digit_batches(table: str, rank: int, world: int, batch: int, seed: int = 0, 
     while True:
         out = np.empty((batch, 1, size, size), np.float32)
         for k in range(batch):
-            arr = next(stream)
-            gray = arr[:, :, 0] if arr.shape[2] == 1 else np.asarray(Image.fromarray(arr[:, :, :3]).convert("L"))
-            out[k, 0] = im.resize_array(gray, (size, size)) / 127.5 - 1.0
+            out[k, 0] = im.resize_array(im.to_gray(next(stream)), (size, size)) / 127.5 - 1.0
         yield out
 
 

@@ -163,7 +163,7 @@ def write_outputs(spark, opts, record, images, n_train, cfg: TrainConfig) -> dic
             summary = sr_previews(images, local)
         record.rows_in = n_train  # a model, not rows of the input: nothing to balance
     last = {r["name"]: r["value"] for r in rows}
-    record.metrics = {**last, **summary}
+    record.metrics.update({**last, **summary})
     record.outputs = {"generator": f"{opts.output}/generator.pt", "metrics": f"{opts.output}/metrics",
                    "figures": f"{opts.output}/" + ("samples/*.png" if opts.model == "dcgan" else "sr_*.png")}
     if opts.model == "dcgan":
