@@ -197,8 +197,7 @@ def test_killed_training_resumes_to_the_same_layout(datasets, tmp_path):
     runs = _runs(tmp_path / "runs", "train_gan")
     assert json.loads(runs.iloc[-1].config)["resume"] == "auto" and runs.iloc[-1].status == "succeeded"
     assert dict(runs.iloc[-1].metrics)["resumed_from_step"] == killed_at
-    first = runs.iloc[0]  # the killed try's row never got written: its driver died with it
-    assert len(runs) == 1 or dict(first.metrics)["resumed_from_step"] == 0
+    assert len(runs) == 1  # the killed try wrote no row: its driver died with it
 
     # another shape (batch 32): its checkpoint is never used; the run starts over and says why
     r = subprocess.run([*args, "--batch-size", "32", "--steps", "20", "--checkpoint-every", "10"], cwd=ROOT,
