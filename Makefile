@@ -57,7 +57,7 @@ demo: $(STAMP)
 	@$(BIN)/python -m pipeline.runs out/runs --last 8
 
 test: $(STAMP) $(AIRFLOW_STAMP)
-	$(BIN)/python -m pytest -q -rs tests
+	$(BIN)/python -m pytest -q -rs --durations=12 tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -m "not slow" tests
