@@ -9,7 +9,6 @@ the training time and the job's wall time until its held-out top-1 first reaches
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -65,9 +64,9 @@ def main():
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args()
-    cores = os.cpu_count()
     work = tempfile.mkdtemp(prefix="bench-digits-")
     spark = local_spark(bigdl=bigdl_missing() is None)
+    cores = spark.sparkContext.defaultParallelism  # local[2]: what every layout below shares
     runs = ["--runs-table", f"{work}/runs"]
     assert cli(["ingest", "--source", "mnist", "--output", f"{work}/mnist", *runs]) == 0
     images = f"{work}/mnist/images"

@@ -40,11 +40,11 @@ class Rank:
 def cuda_index(address: str) -> int:
     """Spark's GPU address → torch's device index in this process.
 
-    The discovery script (conf/getGpusResources.sh) reports the node's GPU ids, which are the
-    entries of CUDA_VISIBLE_DEVICES when that is set; torch numbers the visible GPUs 0..n-1.
+    The discovery script (conf/getGpusResources.sh) reports positions among the GPUs this
+    process can see (under CUDA_VISIBLE_DEVICES, positions in it, as TorchDistributor reads
+    them back), which is how torch numbers them too: 0..n-1.
     """
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    index = visible.index(address) if address in visible else int(address)
+    index = int(address)
     if index >= torch.cuda.device_count():
         raise RuntimeError(f"Spark assigned GPU {address!r}, but this process sees {torch.cuda.device_count()} "
                            f"GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}) on "

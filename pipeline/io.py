@@ -30,6 +30,19 @@ def absolute(path: str) -> str:
     return path if _SCHEME.match(path) else os.path.abspath(path)
 
 
+def arrow_uri(table: str) -> str:
+    """A table's location as pyarrow spells it: local paths absolute, Hadoop's s3a:// as s3://."""
+    return re.sub(r"^s3[an]://", "s3://", absolute(table))
+
+
+def arrow_filesystem(table: str):
+    """(pyarrow filesystem, path in it) for a table given as a local path or a URI: what workers
+    read tables through (file:, hdfs://, s3://)."""
+    from pyarrow import fs
+
+    return fs.FileSystem.from_uri(arrow_uri(table))
+
+
 def is_local(path: str) -> bool:
     return not _SCHEME.match(path) or path.startswith("file:")
 

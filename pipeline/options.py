@@ -24,6 +24,16 @@ def add_distributor(p: argparse.ArgumentParser) -> dict:
     return {"num_processes": 2, "use_gpu": "off", "local_mode": "off", "threads": 0}
 
 
+def check_distributor(opts) -> None:
+    """The distributor's options, and a global batch that splits evenly over the processes."""
+    positive(opts, "num_processes")
+    if opts.threads < 0:
+        raise PipelineError(f"--threads {opts.threads}: expected 0 (Spark's cores / --num-processes) or more")
+    if opts.batch_size % opts.num_processes:
+        raise PipelineError(f"--batch-size {opts.batch_size} does not split evenly over --num-processes "
+                            f"{opts.num_processes}")
+
+
 def threads_per_process(spark, opts) -> int:
     """--threads, or (0) the cores Spark has shared out over the processes: on CPUs one process
     with every core beats gloo's all-reduce between processes on the same cores."""

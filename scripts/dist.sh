@@ -26,6 +26,7 @@ esac
 mkdir -p dist build
 rm -f dist/sparkgan-*.whl dist/sparkgan-pyfiles.zip "dist/sparkgan-env-$stack-$flavor.tar.gz"
 
+rm -rf build/lib build/bdist.*  # setuptools reuses them: a module deleted since would ship again
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w dist . >/dev/null
 wheel=$(ls dist/sparkgan-*.whl)
 rm -rf build/pyfiles && mkdir -p build/pyfiles

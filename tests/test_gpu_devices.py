@@ -37,9 +37,10 @@ def test_each_inference_task_takes_the_gpu_spark_assigned(two_gpus, monkeypatch)
     assert ddp.task_device() == torch.device("cuda", 1)
 
 
-def test_gpu_addresses_are_node_ids_when_cuda_visible_devices_narrows_them(two_gpus, monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # the discovery script then reports "2" and "3"
-    assert ddp.task_device(FakeTask("3")) == torch.device("cuda", 1)
+def test_gpu_addresses_are_positions_when_cuda_visible_devices_narrows_them(two_gpus, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # the discovery script then reports "0" and "1"
+    assert ddp.task_device(FakeTask("1")) == torch.device("cuda", 1)
+    assert ddp.task_device(FakeTask("0")) == torch.device("cuda", 0)
     with pytest.raises(RuntimeError, match="Spark assigned GPU '5'"):
         ddp.task_device(FakeTask("5"))
 

@@ -13,6 +13,7 @@ import pytest
 from pipeline.gan import checkpoints, data
 from pipeline.gan.config import TrainConfig
 from pipeline.gan.train import train_worker
+from pipeline.io import arrow_uri
 from tests.conftest import ROOT
 
 
@@ -81,8 +82,9 @@ def test_shards_are_listed_through_pyarrow_for_paths_and_uris(tables, tmp_path):
     assert data.shard_files(table, "train", 1, 2)[2]  # more ranks than files: split by row
     first = next(data.iter_images(f"file://{table}", "train", 0, 1, seed=0))
     assert first.shape == (28, 28, 1) and first.dtype == np.uint8
-    assert data.arrow_uri("s3a://bucket/images") == "s3://bucket/images"
-    assert data.arrow_uri("hdfs://nn:8020/images") == "hdfs://nn:8020/images"
+    assert arrow_uri("s3a://bucket/images") == "s3://bucket/images"
+    assert arrow_uri("hdfs://nn:8020/images") == "hdfs://nn:8020/images"
+    assert arrow_uri("rel/images") == os.path.abspath("rel/images")
     with pytest.raises(FileNotFoundError, match="no Parquet files in split=test"):
         data.shard_files(table, "test", 0, 1)
 

@@ -48,7 +48,7 @@ def default_engine() -> str:
 
 
 def validate(opts) -> None:
-    options.positive(opts, "epochs", "batch_size", "num_processes")
+    options.positive(opts, "epochs", "batch_size")
     if opts.learning_rate <= 0:
         raise PipelineError(f"--learning-rate {opts.learning_rate}: expected a positive number")
     opts.engine = opts.engine or default_engine()
@@ -57,9 +57,8 @@ def validate(opts) -> None:
 
         if reason := bigdl_missing():
             raise PipelineError(f"--engine bigdl: {reason}; use --engine torch")
-    elif opts.batch_size % opts.num_processes:
-        raise PipelineError(f"--batch-size {opts.batch_size} does not split evenly over --num-processes "
-                            f"{opts.num_processes}")
+    else:
+        options.check_distributor(opts)
     opts.input = options.input_table(opts.input, hint=" (run `sparkgan ingest` first)")
     opts.checkpoint_dir = local_path(absolute(opts.checkpoint_dir or f"{absolute(opts.output)}.checkpoints"))
     if opts.resume == "on" and not data.latest_checkpoint(opts.checkpoint_dir):

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from pipeline import ddp
 from pipeline.digits import data
+from pipeline.io import arrow_filesystem
 
 MODEL_FILE = "lenet5.pt"  # data.MODEL_FILES
 STATE_FILE = "state.pt"
@@ -66,7 +67,8 @@ def read_split(table: str, split: str, rank: int, world: int, copies: int = 0):
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    source = ds.dataset(table, format="parquet", partitioning="hive")
+    fs, path = arrow_filesystem(table)
+    source = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
     rows = (source.to_table(columns=["path", "label_index", *data.PIXEL_COLUMNS],
                             filter=(pc.field("split") == split) & pc.field("label_index").is_valid())
             .sort_by("path").to_pylist())[rank::world]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import queue
 import random
-import re
 import threading
 
 import numpy as np
@@ -20,20 +19,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline import images as im
+from pipeline.io import arrow_filesystem
 
 COLUMNS = ["height", "width", "nChannels", "data"]
-
-
-def arrow_uri(table: str) -> str:
-    """A table's location as pyarrow spells it: local paths absolute, Hadoop's s3a:// as s3://."""
-    if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", table):
-        return os.path.abspath(table)
-    return re.sub(r"^s3[an]://", "s3://", table)
-
-
-def filesystem(table: str) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path in it) for a table given as a local path or a URI."""
-    return pafs.FileSystem.from_uri(arrow_uri(table))
 
 
 def shard_files(table: str, split: str, rank: int, world: int) -> tuple[pafs.FileSystem, list[str], bool]:
@@ -42,7 +30,7 @@ def shard_files(table: str, split: str, rank: int, world: int) -> tuple[pafs.Fil
     With at least as many files as ranks each rank reads whole files of its own; otherwise every
     rank reads all of them and keeps rows i % world == rank.
     """
-    fs, root = filesystem(table)
+    fs, root = arrow_filesystem(table)
     folder = f"{root.rstrip('/')}/split={split}"
     try:
         infos = fs.get_file_info(pafs.FileSelector(folder))

@@ -61,12 +61,10 @@ def validate(opts):
             setattr(opts, key, value)
     if opts.pretrain_steps is None:
         opts.pretrain_steps = opts.steps * 2 // 3 if opts.model == "srgan" else 0
-    options.positive(opts, "steps", "batch_size", "num_processes", "checkpoint_every", "log_every", "width", "blocks")
+    options.positive(opts, "steps", "batch_size", "checkpoint_every", "log_every", "width", "blocks")
+    options.check_distributor(opts)
     if opts.prefetch < 0:
         raise PipelineError(f"--prefetch {opts.prefetch}: expected 0 (inline) or more")
-    if opts.batch_size % opts.num_processes:
-        raise PipelineError(f"--batch-size {opts.batch_size} does not split evenly over --num-processes "
-                            f"{opts.num_processes}")
     if opts.crop % 4 or opts.crop < 16:
         raise PipelineError(f"--crop {opts.crop}: expected a multiple of 4, at least 16")
     if opts.vgg19_weights:
@@ -82,7 +80,7 @@ def validate(opts):
     # a table on HDFS/S3 is checked when Spark reads it (run: the train split must not be empty)
     if is_local(opts.input) and not os.path.isdir(os.path.join(local_path(opts.input), "split=train")):
         raise PipelineError(f"--input {opts.input}: expected an images table with a split=train folder")
-    opts.checkpoint_dir = f"{absolute(opts.output)}.checkpoints"
+    opts.checkpoint_dir = local_path(f"{absolute(opts.output)}.checkpoints")
     if opts.resume == "on" and not checkpoints.latest_checkpoint(opts.checkpoint_dir):
         raise PipelineError(f"--resume: no checkpoint in {opts.checkpoint_dir}")
     options.output(opts)
@@ -109,7 +107,8 @@ def resume_point(opts, cfg: TrainConfig) -> tuple[bool, int, str]:
     import torch
 
     found = checkpoints.latest_checkpoint(opts.checkpoint_dir) if opts.resume != "off" else None
-    state = torch.load(found, map_location="cpu", weights_only=False) if found else {}
+    # mmap: only the settings and the step are read here, not the weights and Adam moments
+    state = torch.load(found, map_location="cpu", weights_only=False, mmap=True) if found else {}
     saved, current = state.get("cfg") or {}, cfg.to_dict()
     resume, why = options.resume_decision(opts.resume, found and f"{found} (step {state.get('step')})",
                                           {k: saved.get(k) for k in FINGERPRINT}, {k: current[k] for k in FINGERPRINT})
