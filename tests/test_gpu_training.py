@@ -54,6 +54,24 @@ def test_resume_continues_from_the_checkpoint(tables, tmp_path):
     assert sorted({s for s, _, _ in _losses(tmp_path)}) == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("model", ["dcgan", "srgan"])
+def test_a_resumed_run_continues_both_optimizers(model, tables, tmp_path):
+    """Resumed at step 2, one more step: Adam has then taken 3 steps for every parameter of G and D
+    (1 if the optimizers had come back empty) and its moments moved on from the checkpoint's."""
+    import torch
+
+    train_worker(_small(model, tables, tmp_path, steps=2, pretrain_steps=0))
+    saved = torch.load(tmp_path / checkpoints.CHECKPOINT, weights_only=False)
+    train_worker(_small(model, tables, tmp_path, steps=3, pretrain_steps=0, resume=True, checkpoint_every=1))
+    state = torch.load(tmp_path / checkpoints.CHECKPOINT, weights_only=False)
+    assert state["step"] == 3
+    for opt in ("opt_g", "opt_d"):
+        steps = {float(s["step"]) for s in state[opt]["state"].values()}
+        assert steps == {3.0}, (opt, steps)
+        before, after = saved[opt]["state"][0]["exp_avg_sq"], state[opt]["state"][0]["exp_avg_sq"]
+        assert not torch.equal(before, after) and torch.all(after > 0)
+
+
 def test_prefetch_keeps_order_raises_errors_and_stops_its_thread():
     assert list(data.prefetch(iter(range(50)), 4, lambda x: x * 2)) == list(range(0, 100, 2))
 
