@@ -25,7 +25,8 @@ import pandas as pd
 from pipeline import images as im
 from pipeline import options
 from pipeline.errors import PipelineError
-from pipeline.io import HadoopFS, atomic_output, is_local, local_path
+from pipeline.io import HadoopFS, absolute, atomic_output, is_local, local_path
+from pipeline.tablelog import appending
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,10 @@ def add_arguments(p: argparse.ArgumentParser) -> dict:
     p.add_argument("--partitions", type=int, help="decode tasks, and so files per split")
     p.add_argument("--resize", type=parse_size, help="resize every image to N or HxW (bilinear)")
     p.add_argument("--batch-rows", type=int, help="rows per Arrow batch handed to the decoder")
-    return {**defaults, "split": parse_split("train=0.8,test=0.2"), "partitions": 4, "resize": None,
+    p.add_argument("--incremental", action="store_true",
+                   help="add only the inputs --output lacks (exactly once, also after a killed run); "
+                        "creates --output on the first run")
+    return {**defaults, "incremental": False, "split": parse_split("train=0.8,test=0.2"), "partitions": 4, "resize": None,
             "batch_rows": 256}
 
 
@@ -378,45 +382,91 @@ def plan(spark, src: Source, opts) -> Plan:
 def validate(opts) -> Source:
     options.positive(opts, "partitions", "batch_rows")
     src = resolve_source(opts.source)
-    options.output(opts)
+    if opts.incremental and opts.mode == "overwrite":
+        raise PipelineError("--incremental adds to --output; --mode overwrite would replace it (drop one)")
+    opts.output = absolute(opts.output)
+    if not (opts.incremental and is_local(opts.output) and os.path.exists(local_path(opts.output))):
+        options.output(opts)  # a new output, checked before any work
     return src
 
 
-def run(spark, opts, record, src: Source) -> dict:
-    """Decode once into the images table; then find the inputs it lacks (an anti-join on path),
-    decode only those again for their reasons, and account for every input."""
+def decode_into(spark, p: Plan, inputs, images: str, rejected: str, run_id: str) -> tuple[dict, int]:
+    """Decode `inputs` into two tables at `images` and `rejected`: ({split: rows}, rejected rows).
+
+    Decode once into images; then find the inputs it lacks (an anti-join on path), decode only
+    those again for their reasons, so every input is accounted for."""
     from pyspark.sql import functions as F
 
+    rows = inputs if p.rows is p.inputs else p.rows.join(inputs, "path")
+    decoded = rows.mapInPandas(p.decoder, DECODED_DDL)
+    (decoded.where(F.col("reason").isNull()).select(*im.IMAGE_COLUMNS)
+     .write.partitionBy("split").parquet(images))
+    written = spark.read.parquet(images) if HadoopFS(spark).has_data(images) else None
+    missing = inputs if written is None else inputs.join(written.select("path"), "path", "left_anti")
+    retry = missing if p.rows is p.inputs else p.rows.join(missing, "path")
+    (retry.mapInPandas(p.decoder, DECODED_DDL).where(F.col("reason").isNotNull())
+     .select("path", "reason", F.lit("decode").alias("stage"), F.lit(run_id).alias("run_id"))
+     .coalesce(1).write.parquet(rejected))
+    per_split = {} if written is None else {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}
+    return per_split, spark.read.parquet(rejected).count()
+
+
+def run(spark, opts, record, src: Source) -> dict:
+    """Every input decoded into a new dataset, or (--incremental) only the inputs the dataset
+    lacks, appended to it; either way every input is in images or rejected exactly once."""
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(opts.batch_rows))
     p = plan(spark, src, opts)
+    tables = {"images": f"{opts.output}/images", "rejected": f"{opts.output}/rejected"}
+    incremental = opts.incremental and HadoopFS(spark).exists(tables["images"])
+    if opts.incremental and not incremental:
+        log.info("%s does not exist yet: the first incremental run ingests everything", opts.output)
     inputs = p.inputs.persist()  # paths only: small, and the same set for every pass below
     try:
-        record.rows_in = inputs.count()
-        if record.rows_in == 0:
-            raise PipelineError(f"--source {opts.source}: the folder contains no files")
-        log.info("ingesting %d inputs from %s:%s", record.rows_in, src.kind, src.location)
-        with atomic_output(spark, opts.output, record, opts.mode) as tmp:
-            decoded = p.rows.mapInPandas(p.decoder, DECODED_DDL)
-            (decoded.where(F.col("reason").isNull()).select(*im.IMAGE_COLUMNS)
-             .write.partitionBy("split").parquet(f"{tmp}/images"))
-            written = spark.read.parquet(f"{tmp}/images") if HadoopFS(spark).has_data(f"{tmp}/images") else None
-            missing = inputs if written is None else inputs.join(written.select("path"), "path", "left_anti")
-            retry = missing if p.rows is p.inputs else p.rows.join(missing, "path")
-            (retry.mapInPandas(p.decoder, DECODED_DDL).where(F.col("reason").isNotNull())
-             .select("path", "reason", F.lit("decode").alias("stage"), F.lit(record.run_id).alias("run_id"))
-             .coalesce(1).write.parquet(f"{tmp}/rejected"))
-            rejected = spark.read.parquet(f"{tmp}/rejected")
-            if written is None:
-                reasons = [r.reason for r in rejected.select("reason").distinct().take(3)]
-                raise PipelineError(f"--source {opts.source}: no file could be decoded "
-                                    f"(e.g. {'; '.join(reasons)}); nothing was written")
-            per_split = {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}
-            record.rows_out = sum(per_split.values())
-            record.rows_rejected = rejected.count()
+        if incremental:
+            per_split = _append(spark, opts, record, p, inputs, tables)
+        else:
+            per_split = _create(spark, opts, record, p, inputs, src)
     finally:
         inputs.unpersist()
-    record.outputs = {"images": f"{opts.output}/images", "rejected": f"{opts.output}/rejected"}
+    record.outputs = tables
     record.metrics = {f"rows_{k}": v for k, v in per_split.items()}
     return {"source": f"{src.kind}:{src.location}", "rows_in": record.rows_in, "rows_out": record.rows_out,
-            "rows_rejected": record.rows_rejected, "per_split": per_split, **record.outputs}
+            "rows_rejected": record.rows_rejected, "per_split": per_split, "incremental": incremental,
+            **record.outputs}
 
+
+def _create(spark, opts, record, p: Plan, inputs, src: Source) -> dict:
+    record.rows_in = inputs.count()
+    if record.rows_in == 0:
+        raise PipelineError(f"--source {opts.source}: the folder contains no files")
+    log.info("ingesting %d inputs from %s:%s", record.rows_in, src.kind, src.location)
+    with atomic_output(spark, opts.output, record, opts.mode) as tmp:
+        per_split, record.rows_rejected = decode_into(spark, p, inputs, f"{tmp}/images", f"{tmp}/rejected",
+                                                      record.run_id)
+        record.rows_out = sum(per_split.values())
+        if not per_split:
+            reasons = [r.reason for r in spark.read.parquet(f"{tmp}/rejected").select("reason").distinct().take(3)]
+            raise PipelineError(f"--source {opts.source}: no file could be decoded "
+                                f"(e.g. {'; '.join(reasons)}); nothing was written")
+    return per_split
+
+
+def _append(spark, opts, record, p: Plan, inputs, tables: dict) -> dict:
+    """The inputs in neither table yet, decoded and appended to both through their commit logs
+    (pipeline/tablelog.py). A run killed part-way commits nothing, or images but not rejected:
+    either way what it did not commit is still new to the next run, which redoes exactly that."""
+    with appending(spark, [tables["images"], tables["rejected"]], record) as (images, rejected):
+        known = (spark.read.parquet(tables["images"]).select("path")
+                 .unionByName(spark.read.parquet(tables["rejected"]).select("path")))
+        new = inputs.join(known, "path", "left_anti").repartition(max(1, opts.partitions)).persist()
+        try:
+            record.rows_in = new.count()
+            log.info("%d new inputs (not yet in %s)", record.rows_in, opts.output)
+            if record.rows_in == 0:
+                record.rows_out, record.rows_rejected = 0, 0
+                return {}
+            per_split, record.rows_rejected = decode_into(spark, p, new, images, rejected, record.run_id)
+            record.rows_out = sum(per_split.values())
+        finally:
+            new.unpersist()
+    return per_split

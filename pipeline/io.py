@@ -85,6 +85,25 @@ class HadoopFS:
         fs, p = self._resolve(path)
         return any(not s.getPath().getName().startswith(("_", ".")) for s in fs.listStatus(p))
 
+    def mkdirs(self, path: str) -> None:
+        fs, p = self._resolve(path)
+        fs.mkdirs(p)
+
+    def status(self, path: str):
+        fs, p = self._resolve(path)
+        return fs.getFileStatus(p)
+
+    def list_files(self, path: str) -> list[str]:
+        """Every visible file under a folder, recursively (Spark's rule for hidden names)."""
+        fs, root = self._resolve(path)
+        prefix = len(root.toString().rstrip("/")) + 1
+        files, it = [], fs.listFiles(root, True)
+        while it.hasNext():
+            name = it.next().getPath().toString()
+            if not any(part.startswith(("_", ".")) for part in name[prefix:].split("/")):
+                files.append(name)
+        return files
+
     def list_dirs(self, path: str) -> list[str]:
         """Names of the visible sub-folders (Spark's own rule: names starting with . or _ are hidden)."""
         fs, p = self._resolve(path)

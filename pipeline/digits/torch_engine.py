@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from pipeline import ddp
 from pipeline.digits import data
 from pipeline.io import arrow_filesystem
+from pipeline.tablelog import committed_files
 
 MODEL_FILE = "lenet5.pt"  # data.MODEL_FILES
 STATE_FILE = "state.pt"
@@ -68,7 +69,9 @@ def read_split(table: str, split: str, rank: int, world: int, copies: int = 0):
     import pyarrow.dataset as ds
 
     fs, path = arrow_filesystem(table)
-    source = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
+    files = committed_files(table)  # an incrementally ingested table: its committed files only
+    source = ds.dataset(path if files is None else files, filesystem=fs, format="parquet",
+                        partitioning="hive", partition_base_dir=path)
     rows = (source.to_table(columns=["path", "label_index", *data.PIXEL_COLUMNS],
                             filter=(pc.field("split") == split) & pc.field("label_index").is_valid())
             .sort_by("path").to_pylist())[rank::world]
