@@ -6,7 +6,9 @@ schedules, retries and records; Spark does the work. Settings come from `conf/ai
 run parameters (dataset paths, training lengths) are DAG params, overridable per run, e.g.
 `airflow dags trigger sparkgan -c '{"digits_epochs": 8}'`. Outputs land in
 DATA/<logical date>/<step>, written atomically by the jobs, so a retry or a rerun of the same
-date replaces them (`--mode overwrite`) and never leaves half of one.
+date replaces them (`--mode overwrite`) and never leaves half of one. The datasets grow instead:
+DATA/datasets/<name> is ingested with `--incremental`, which adds each night only the files
+not yet in it, exactly once (a killed try commits nothing; its retry redoes just that).
 """
 
 from __future__ import annotations
@@ -32,14 +34,15 @@ BIGDL_JARS = ",".join(sorted(glob.glob(f"{PREFIX}/lib/python3*/site-packages/big
 DATA = "{{ under_home(params.data) }}"
 LOG4J = f"-Dlog4j2.configurationFile=file:{os.path.dirname(PROFILE)}/log4j2.properties"
 RUN = DATA + "/{{ ds or dag_run.run_after.strftime('%Y-%m-%d') }}"
+DATASETS = DATA + "/datasets"
 
 
-def spark_job(job: str, *args: str, bigdl: bool = False, **kwargs) -> SparkSubmitOperator:
+def spark_job(job: str, *args: str, bigdl: bool = False, incremental: bool = False, **kwargs) -> SparkSubmitOperator:
     return SparkSubmitOperator(
         task_id=kwargs.pop("task_id", job),
         application=os.path.join(HOME, "jobs", f"{job}.py"),
         application_args=[*args, "--conf-file", PROFILE, "--runs-table", f"{DATA}/runs",
-                          "--mode", "overwrite"],
+                          *(["--incremental"] if incremental else ["--mode", "overwrite"])],
         conn_id=SETTINGS["conn_id"],
         conf={"spark.driver.extraJavaOptions": LOG4J, "spark.executor.extraJavaOptions": LOG4J,
               **SETTINGS.get("spark_conf", {}), "spark.pyspark.python": PYTHON, "spark.pyspark.driver.python": PYTHON},
@@ -69,30 +72,31 @@ with DAG(
     tags=["sparkgan", "spark"],
     doc_md=__doc__,
 ) as dag:
-    ingest_digits = spark_job("ingest", "--source", "{{ params.digits_source }}", "--output", f"{RUN}/digits",
-                              task_id="ingest_digits")
-    ingest_photos = spark_job("ingest", "--source", "{{ params.photos_source }}", "--output", f"{RUN}/photos",
-                              task_id="ingest_photos")
+    # the datasets grow night after night: only new files are decoded (pipeline/ingest.py)
+    ingest_digits = spark_job("ingest", "--source", "{{ params.digits_source }}", "--output", f"{DATASETS}/digits",
+                              incremental=True, task_id="ingest_digits")
+    ingest_photos = spark_job("ingest", "--source", "{{ params.photos_source }}", "--output", f"{DATASETS}/photos",
+                              incremental=True, task_id="ingest_photos")
 
     @task.branch
     def pick_featurizer(params=None) -> str:
         """A pretrained Keras model given: featurize with it. None: the offline transfer demo."""
         return "featurize" if params["model_file"] else "transfer_demo"
 
-    featurize = spark_job("featurize", "--input", f"{RUN}/digits/images", "--output", f"{RUN}/features",
+    featurize = spark_job("featurize", "--input", f"{DATASETS}/digits/images", "--output", f"{RUN}/features",
                           "--model-file", "{{ params.model_file }}", "--feature-layer={{ params.feature_layer }}")
     transfer = spark_job("transfer", "--input", f"{RUN}/features", "--output", f"{RUN}/transfer")
-    transfer_demo = spark_job("transfer_demo", "--input", f"{RUN}/digits/images", "--output", f"{RUN}/transfer")
+    transfer_demo = spark_job("transfer_demo", "--input", f"{DATASETS}/digits/images", "--output", f"{RUN}/transfer")
     # training tasks: an Airflow retry continues from the failed try's checkpoint (--resume auto)
-    train_digits = spark_job("train_digits", "--input", f"{RUN}/digits/images", "--output", f"{RUN}/lenet5",
+    train_digits = spark_job("train_digits", "--input", f"{DATASETS}/digits/images", "--output", f"{RUN}/lenet5",
                              "--epochs", "{{ params.digits_epochs }}", "--resume", "auto", bigdl=True)
-    train_dcgan = spark_job("train_gan", "--model", "dcgan", "--input", f"{RUN}/digits/images",
+    train_dcgan = spark_job("train_gan", "--model", "dcgan", "--input", f"{DATASETS}/digits/images",
                             "--output", f"{RUN}/dcgan", "--steps", "{{ params.dcgan_steps }}", "--resume", "auto",
                             task_id="train_dcgan")
-    train_srgan = spark_job("train_gan", "--model", "srgan", "--input", f"{RUN}/photos/images",
+    train_srgan = spark_job("train_gan", "--model", "srgan", "--input", f"{DATASETS}/photos/images",
                             "--output", f"{RUN}/srgan", "--steps", "{{ params.srgan_steps }}",
                             "--crop", "{{ params.srgan_crop }}", "--resume", "auto", task_id="train_srgan")
-    upscale = spark_job("upscale", "--generator", f"{RUN}/srgan", "--input", f"{RUN}/photos/images",
+    upscale = spark_job("upscale", "--generator", f"{RUN}/srgan", "--input", f"{DATASETS}/photos/images",
                         "--output", f"{RUN}/upscaled")
 
     # Edges only where a task reads another's output: a failed transfer never holds up SR training.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import json
 import logging
 import os
 import re
@@ -38,6 +39,7 @@ PHOTOS = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "
           "retina", "rocket", "text")
 BUNDLED = {"mnist": 5000, "digits": 1797, "photos": len(PHOTOS)}
 DECODED_DDL = im.IMAGE_DDL + ", reason string"
+SETTINGS_FILE = "ingest.json"
 IDX_PATTERN = re.compile(r"^(train|t10k)-(images-idx3|labels-idx1)-ubyte(\.gz)?$")
 
 
@@ -423,6 +425,7 @@ def run(spark, opts, record, src: Source) -> dict:
     inputs = p.inputs.persist()  # paths only: small, and the same set for every pass below
     try:
         if incremental:
+            check_settings(spark, opts, src)
             per_split = _append(spark, opts, record, p, inputs, tables)
         else:
             per_split = _create(spark, opts, record, p, inputs, src)
@@ -435,6 +438,26 @@ def run(spark, opts, record, src: Source) -> dict:
             **record.outputs}
 
 
+def dataset_settings(src: Source, opts) -> dict:
+    """What every run adding to one dataset must share, kept in <output>/ingest.json."""
+    return {"source": f"{src.kind}:{src.location}", "split": ",".join(f"{n}={v:g}" for n, v in opts.split),
+            "resize": "x".join(map(str, opts.resize)) if opts.resize else None}
+
+
+def check_settings(spark, opts, src: Source) -> None:
+    """An incremental run keeps the dataset's source, split and size, or rows would mix."""
+    fs, path = HadoopFS(spark), f"{opts.output}/{SETTINGS_FILE}"
+    current = dataset_settings(src, opts)
+    if not fs.exists(path):  # a dataset from before this file existed: it starts now
+        fs.write_text(path, json.dumps(current))
+        return
+    saved = json.loads(fs.read_text(path))
+    changed = [f"{k} {saved.get(k)} → {v}" for k, v in current.items() if saved.get(k) != v]
+    if changed:
+        raise PipelineError(f"--incremental: {opts.output} was ingested with other settings ({'; '.join(changed)}); "
+                            "keep them, or rebuild the dataset without --incremental")
+
+
 def _create(spark, opts, record, p: Plan, inputs, src: Source) -> dict:
     record.rows_in = inputs.count()
     if record.rows_in == 0:
@@ -444,6 +467,7 @@ def _create(spark, opts, record, p: Plan, inputs, src: Source) -> dict:
         per_split, record.rows_rejected = decode_into(spark, p, inputs, f"{tmp}/images", f"{tmp}/rejected",
                                                       record.run_id)
         record.rows_out = sum(per_split.values())
+        HadoopFS(spark).write_text(f"{tmp}/{SETTINGS_FILE}", json.dumps(dataset_settings(src, opts)))
         if not per_split:
             reasons = [r.reason for r in spark.read.parquet(f"{tmp}/rejected").select("reason").distinct().take(3)]
             raise PipelineError(f"--source {opts.source}: no file could be decoded "

@@ -85,6 +85,22 @@ class HadoopFS:
         fs, p = self._resolve(path)
         return any(not s.getPath().getName().startswith(("_", ".")) for s in fs.listStatus(p))
 
+    def write_text(self, path: str, text: str) -> None:
+        fs, p = self._resolve(path)
+        out = fs.create(p, True)
+        try:
+            out.write(bytearray(text.encode()))
+        finally:
+            out.close()
+
+    def read_text(self, path: str) -> str:
+        fs, p = self._resolve(path)
+        stream = fs.open(p)
+        try:
+            return self._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+        finally:
+            stream.close()
+
     def mkdirs(self, path: str) -> None:
         fs, p = self._resolve(path)
         fs.mkdirs(p)

@@ -12,6 +12,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: starts extra JVMs, clusters or long training (CI runs them)")
+    config.addinivalue_line("markers", "spark: uses the session's SparkSession (set on every test that needs the "
+                                       "spark fixture; `-m 'not spark'` leaves the Spark-free tests)")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.spark)
 
 
 @pytest.fixture(scope="session")

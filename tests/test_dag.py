@@ -60,6 +60,8 @@ def test_dag_imports_and_wires_the_jobs(airflow_env):
     for task, args in dag["args"].items():  # a retry of a training task continues from its checkpoint
         resumes = any(a == "--resume" and b == "auto" for a, b in zip(args, args[1:]))
         assert resumes == task.startswith("train_"), task
+        # the datasets grow: ingest adds only new files to one folder; the rest replace a dated one
+        assert ("--incremental" in args) == task.startswith("ingest_") != ("--mode" in args), task
     assert dag["catchup"] is False and dag["retries"] == 2 and dag["schedule"] == "0 2 * * *"
     assert {"data", "digits_source", "photos_source", "model_file"} <= set(dag["params"])
     conn, app, jars = dag["train_digits"]
@@ -82,6 +84,9 @@ def test_dag_runs_every_job_on_local_spark(airflow_env, tmp_path):
     assert sorted(runs.job) == ["ingest", "ingest", "train_digits", "train_gan", "train_gan", "transfer_demo",
                                 "upscale"]
     assert set(runs.status) == {"succeeded"}
+    ingested = runs[runs.job == "ingest"]
+    assert sorted(ingested.rows_in) == [18, 5000] and sorted(ingested.rows_out + ingested.rows_rejected) == [18, 5000]
+    assert (tmp_path / "data" / "datasets" / "digits" / "images").is_dir()
     day = tmp_path / "data" / "2026-11-25"
     assert pq.read_table(day / "upscaled" / "images").num_rows == 18
     assert (day / "lenet5" / "confusion_matrix.png").exists() and (day / "dcgan" / "samples").is_dir()

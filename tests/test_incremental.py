@@ -160,8 +160,14 @@ def test_a_crash_between_commits_is_redone_exactly_once(spark, cli, tmp_path, mo
     assert len(list(out.glob("images/split=*/*.parquet"))) == len(spark.read.parquet(f"{out}/images").inputFiles())
 
 
-def test_incremental_refuses_overwrite(cli, tmp_path):
+def test_incremental_refuses_overwrite_and_other_settings(cli, tmp_path):
     grow(tmp_path / "src", 0, 3, broken=False)
-    code, _, err = cli("ingest", "--source", tmp_path / "src", "--output", tmp_path / "ds", "--incremental",
-                       "--mode", "overwrite")
+    args = ["ingest", "--source", tmp_path / "src", "--output", tmp_path / "ds", "--incremental"]
+    code, _, err = cli(*args, "--mode", "overwrite")
     assert code == 2 and "--incremental adds to --output" in err and not (tmp_path / "ds").exists()
+    assert cli(*args)[0] == 0
+    before = sorted((tmp_path / "ds").rglob("*"))
+    grow(tmp_path / "src", 10, 3, broken=False)
+    code, _, err = cli(*args, "--split", "train=0.5,test=0.5", "--resize", "4")
+    assert code == 2 and "split train=0.8,test=0.2 → train=0.5,test=0.5; resize None → 4x4" in err
+    assert sorted((tmp_path / "ds").rglob("*")) == before  # nothing written
