@@ -1,6 +1,6 @@
 """Ingest: image folders, MNIST IDX files or a bundled set → partitioned images Parquet.
 
-Decoding happens on executors (`mapInPandas` over Spark's `binaryFile` source, or over an id
+Decoding happens on executors (`mapInArrow` over Spark's `binaryFile` source, or over an id
 range for IDX files and bundled sets); the driver only lists folders and counts rows. Output:
 
     <output>/images/split=train/part-*.parquet     the images contract (README, Data contracts)
@@ -22,6 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from pipeline import images as im
 from pipeline import options
@@ -156,8 +157,18 @@ def _rejected_row(path, reason):
     return (path, path, None, None, None, None, None, None, None, None, reason)
 
 
-def _frame(rows) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=[*im.IMAGE_COLUMNS, "reason"])
+DECODED_SCHEMA = pa.schema([("path", pa.string()), ("origin", pa.string()), ("label", pa.string()),
+                            ("label_index", pa.int32()), ("height", pa.int32()), ("width", pa.int32()),
+                            ("nChannels", pa.int32()), ("mode", pa.int32()), ("data", pa.binary()),
+                            ("split", pa.string()), ("reason", pa.string())])  # DECODED_DDL, for mapInArrow
+
+
+def _batch(rows) -> pa.RecordBatch:
+    """Row tuples → an Arrow batch, column by column (no pandas on the way: it costs more than
+    the decode of a small PNG)."""
+    columns = list(zip(*rows)) or [()] * len(DECODED_SCHEMA)
+    return pa.RecordBatch.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, DECODED_SCHEMA)],
+                                      schema=DECODED_SCHEMA)
 
 
 def _read_local(path: str) -> bytes:
@@ -166,7 +177,7 @@ def _read_local(path: str) -> bytes:
 
 
 def decode_files(root: str, classes: list[str], split, resize):
-    """mapInPandas body: batches of `path` (+ `content` when Spark read the bytes) → decoded rows.
+    """mapInArrow body: batches of `path` (+ `content` when Spark read the bytes) → decoded rows.
 
     Without a `content` column the file is read here, on the executor, from a local or shared
     (NFS-style) path.
@@ -175,10 +186,12 @@ def decode_files(root: str, classes: list[str], split, resize):
     prefix = root.rstrip("/") + "/"
 
     def decode(batches):
-        for pdf in batches:
-            contents = pdf["content"] if "content" in pdf else [None] * len(pdf)
+        for batch in batches:
+            paths = batch.column("path").to_pylist()
+            names = batch.schema.names
+            contents = batch.column("content").to_pylist() if "content" in names else [None] * len(paths)
             rows = []
-            for path, content in zip(pdf["path"], contents):
+            for path, content in zip(paths, contents):
                 rel = path[len(prefix):] if path.startswith(prefix) else path
                 parts = rel.split("/")
                 label = parts[0] if len(parts) > 1 else None
@@ -190,7 +203,7 @@ def decode_files(root: str, classes: list[str], split, resize):
                     rows.append(_rejected_row(path, str(exc)))
                 except OSError as exc:
                     rows.append(_rejected_row(path, f"unreadable file: {exc.strerror or exc}"))
-            yield _frame(rows)
+            yield _batch(rows)
     return decode
 
 
@@ -247,16 +260,16 @@ def bundled_paths(spark, name: str, partitions: int):
 def decode_bundled(name: str, split, resize):
     def decode(batches):
         imgs, labels = load_bundled(name)
-        for pdf in batches:
+        for batch in batches:
             rows = []
-            for path in pdf["path"]:
+            for path in batch.column("path").to_pylist():
                 key = path[len("bundled:"):]
                 item = key.split("/", 1)[1]
                 i = PHOTOS.index(item) if labels is None else int(item)
                 label = None if labels is None else int(labels[i])
                 rows.append(_image_row(path, None if label is None else str(label), label, imgs[i],
                                        split_of(key, split), resize))
-            yield _frame(rows)
+            yield _batch(rows)
     return decode
 
 
@@ -299,9 +312,9 @@ def decode_idx(files: list[tuple[str, str, str, int, tuple[int, int]]], resize):
     by_image = {f"file:{f[0]}": f for f in files}
 
     def decode(batches):
-        for pdf in batches:
+        for batch in batches:
             rows = []
-            for path in pdf["path"]:
+            for path in batch.column("path").to_pylist():
                 file_uri, _, index = path.rpartition("#")
                 img_path, lab_path, split, _, (h, w) = by_image[file_uri]
                 i = int(index)
@@ -311,7 +324,7 @@ def decode_idx(files: list[tuple[str, str, str, int, tuple[int, int]]], resize):
                     continue
                 arr = np.frombuffer(pixels, np.uint8, h * w, i * h * w).reshape(h, w)
                 rows.append(_image_row(path, str(labels[i]), int(labels[i]), arr, split, resize))
-            yield _frame(rows)
+            yield _batch(rows)
     return decode
 
 
@@ -363,12 +376,14 @@ def plan(spark, src: Source, opts) -> Plan:
     classes = fs.list_dirs(root)
     decoder = decode_files(root, classes, opts.split, opts.resize)
     if root.startswith("file:"):
-        # Local or shared folders: executors list them (a task per class folder) and read the
-        # files themselves; the driver never holds the file list, so its memory stays flat.
+        # Local or shared folders: executors list them (the class folders spread over the
+        # cores) and read the files themselves; the driver never holds the file list, so its
+        # memory stays flat. Every Python task costs ~0.1 s to start: no more tasks than cores.
         units = [(os.path.join(src.location, c), True) for c in classes] + [(src.location, False)]
-        paths = (spark.createDataFrame(units, "folder string, recursive boolean").repartition(len(units))
-                 .mapInPandas(list_local, "path string"))
-        return Plan(paths, paths.repartition(n), decoder)
+        tasks = min(len(units), spark.sparkContext.defaultParallelism)
+        paths = (spark.createDataFrame(units, "folder string, recursive boolean").repartition(tasks)
+                 .mapInPandas(list_local, "path string").repartition(n))
+        return Plan(paths, paths, decoder)
     # Other file systems: Spark's binaryFile source reads the bytes. Its scan skips zero-byte
     # files, so those (found by listing on the driver) are added back as empty rows.
     _, empty = list_remote(fs, root)
@@ -392,23 +407,37 @@ def validate(opts) -> Source:
     return src
 
 
+def _counting(decoder, rejects):
+    """The decoder, adding its rejected rows to an accumulator on the way."""
+    def decode(batches):
+        for batch in decoder(batches):
+            rejects.add(batch.num_rows - batch.column("reason").null_count)
+            yield batch
+    return decode
+
+
 def decode_into(spark, p: Plan, inputs, images: str, rejected: str, run_id: str) -> tuple[dict, int]:
     """Decode `inputs` into two tables at `images` and `rejected`: ({split: rows}, rejected rows).
 
-    Decode once into images; then find the inputs it lacks (an anti-join on path), decode only
-    those again for their reasons, so every input is accounted for."""
+    Decode once into images; when the decoder rejected any, find the inputs images lacks (an
+    anti-join on path) and decode only those again for their reasons."""
     from pyspark.sql import functions as F
 
     rows = inputs if p.rows is p.inputs else p.rows.join(inputs, "path")
-    decoded = rows.mapInPandas(p.decoder, DECODED_DDL)
+    rejects = spark.sparkContext.accumulator(0)
+    decoded = rows.mapInArrow(_counting(p.decoder, rejects), DECODED_DDL)
     (decoded.where(F.col("reason").isNull()).select(*im.IMAGE_COLUMNS)
      .write.partitionBy("split").parquet(images))
     written = spark.read.parquet(images) if HadoopFS(spark).has_data(images) else None
-    missing = inputs if written is None else inputs.join(written.select("path"), "path", "left_anti")
-    retry = missing if p.rows is p.inputs else p.rows.join(missing, "path")
-    (retry.mapInPandas(p.decoder, DECODED_DDL).where(F.col("reason").isNotNull())
-     .select("path", "reason", F.lit("decode").alias("stage"), F.lit(run_id).alias("run_id"))
-     .coalesce(1).write.parquet(rejected))
+    reasons = F.lit("decode").alias("stage"), F.lit(run_id).alias("run_id")
+    if rejects.value == 0:
+        # Nothing to look for (the count check still compares the inputs with what was written).
+        spark.createDataFrame([], "path string, reason string").select("*", *reasons).coalesce(1).write.parquet(rejected)
+    else:
+        missing = inputs if written is None else inputs.join(written.select("path"), "path", "left_anti")
+        retry = missing if p.rows is p.inputs else p.rows.join(missing, "path")
+        (retry.mapInArrow(p.decoder, DECODED_DDL).where(F.col("reason").isNotNull())
+         .select("path", "reason", *reasons).coalesce(1).write.parquet(rejected))
     per_split = {} if written is None else {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}
     return per_split, spark.read.parquet(rejected).count()
 

@@ -69,8 +69,8 @@ def test_a_decoder_that_loses_rows_stops_ingest_before_the_commit(spark, cli, tm
         decode = real(name, split, resize)
 
         def drop_first(batches):
-            for frame in decode(batches):
-                yield frame.iloc[1:]
+            for batch in decode(batches):
+                yield batch.slice(1)
         return drop_first
 
     monkeypatch.setattr(ingest, "decode_bundled", lossy)
