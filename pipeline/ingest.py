@@ -430,15 +430,15 @@ def decode_into(spark, p: Plan, inputs, images: str, rejected: str, run_id: str)
      .write.partitionBy("split").parquet(images))
     written = spark.read.parquet(images) if HadoopFS(spark).has_data(images) else None
     reasons = F.lit("decode").alias("stage"), F.lit(run_id).alias("run_id")
+    per_split = {} if written is None else {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}
     if rejects.value == 0:
         # Nothing to look for (the count check still compares the inputs with what was written).
         spark.createDataFrame([], "path string, reason string").select("*", *reasons).coalesce(1).write.parquet(rejected)
-    else:
-        missing = inputs if written is None else inputs.join(written.select("path"), "path", "left_anti")
-        retry = missing if p.rows is p.inputs else p.rows.join(missing, "path")
-        (retry.mapInArrow(p.decoder, DECODED_DDL).where(F.col("reason").isNotNull())
-         .select("path", "reason", *reasons).coalesce(1).write.parquet(rejected))
-    per_split = {} if written is None else {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}
+        return per_split, 0
+    missing = inputs if written is None else inputs.join(written.select("path"), "path", "left_anti")
+    retry = missing if p.rows is p.inputs else p.rows.join(missing, "path")
+    (retry.mapInArrow(p.decoder, DECODED_DDL).where(F.col("reason").isNotNull())
+     .select("path", "reason", *reasons).coalesce(1).write.parquet(rejected))
     return per_split, spark.read.parquet(rejected).count()
 
 
