@@ -14,7 +14,7 @@ from common import local_spark
 
 from pipeline import images as im
 from pipeline.featurize import DeepImageFeaturizer, build_model, set_tf_threads, to_model_input
-from pipeline.ingest import load_bundled
+from pipeline.ingest import DECODED_SCHEMA, load_bundled
 
 
 def crops(n: int, size: int = 256):
@@ -26,11 +26,49 @@ def crops(n: int, size: int = 256):
         yield p[y:y + size, x:x + size]
 
 
+def scale(sizes: list[int], batch: int) -> None:
+    """images/s of the featurizer at each size; the crops are made on the executors (the driver
+    never holds them), one TF thread per task, each size a full pass after a warm-up pass."""
+    import pyarrow as pa
+
+    def make(batches):
+        photos = None
+        for b in batches:
+            if photos is None:
+                photos = [p for p in load_bundled("photos")[0] if p.ndim == 3 and p.shape[2] == 3 and min(p.shape[:2]) > 256]
+            rows = []
+            for i in b.column("id").to_pylist():
+                p = photos[i % len(photos)]
+                rng = np.random.default_rng(i)
+                y, x = rng.integers(0, p.shape[0] - 256), rng.integers(0, p.shape[1] - 256)
+                rows.append((f"img{i}", f"img{i}", None, None, *im.array_to_row(p[y:y + 256, x:x + 256]), "test"))
+            schema = pa.schema([f for f in DECODED_SCHEMA if f.name != "reason"])
+            yield pa.RecordBatch.from_arrays([pa.array(c, f.type) for c, f in zip(zip(*rows), schema)], schema=schema)
+
+    spark = local_spark(**{"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch * 2)})
+    f = DeepImageFeaturizer(modelName="MobileNetV2", weights="random", batchSize=batch, threads=1)
+    images = lambda n: spark.range(n, numPartitions=2).mapInArrow(make, im.IMAGE_DDL)  # noqa: E731
+    f.transform(images(64)).write.format("noop").mode("overwrite").save()  # TF import, model build
+    print(f"{'images':>7} {'images/s':>9}")
+    rates = []
+    for n in sizes:
+        t0 = time.perf_counter()
+        f.transform(images(n)).write.format("noop").mode("overwrite").save()
+        rates.append(n / (time.perf_counter() - t0))
+        print(f"{n:>7,} {rates[-1]:9.1f}")
+    print(f"from {sizes[0]:,} to {sizes[-1]:,} images: images/s x{rates[-1] / rates[0]:.2f} (flat: about 1)")
+    spark.stop()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--scale", action="store_true", help="images/s at 1,000 and 10,000 images")
+    ap.add_argument("--scale-sizes", default="1000,10000")
     args = ap.parse_args()
+    if args.scale:
+        return scale([int(n) for n in args.scale_sizes.split(",")], args.batch_size)
     arrays = list(crops(args.images))
     rows = [(f"img{i}", f"img{i}", None, None, *im.array_to_row(a), "test") for i, a in enumerate(arrays)]
 

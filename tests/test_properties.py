@@ -138,3 +138,35 @@ def test_torch_digits_resume_equals_an_uninterrupted_run(tmp_path):
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 3 * (400 // 32)
     moments = [(a["optimizer"]["state"][i], b["optimizer"]["state"][i]) for i in a["optimizer"]["state"]]
     assert all(torch.equal(x["exp_avg_sq"], y["exp_avg_sq"]) and x["step"] == y["step"] for x, y in moments)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 700), st.integers(0, 200), st.integers(0, 40))
+def test_tiles_partition_each_axis_with_context_on_every_inner_side(n, tile, overlap):
+    """SR tiling: the cores cover the axis exactly once, in order; every window has the same
+    length and lies inside the image; an inner core side keeps `overlap` pixels of context."""
+    from pipeline.gan.sr import _spans
+
+    win, spans = _spans(n, tile, overlap)
+    assert [c0 for _, c0, _ in spans] == [0, *[c1 for _, _, c1 in spans[:-1]]] and spans[-1][2] == n
+    assert all(c0 < c1 for _, c0, c1 in spans)
+    for start, c0, c1 in spans:
+        assert 0 <= start and start + win <= n and start <= c0 and c1 <= start + win
+        assert c0 == 0 or c0 - start >= overlap
+        assert c1 == n or start + win - c1 >= overlap
+    if tile > 0 and n > tile + 2 * overlap:
+        assert win == tile + 2 * overlap and all(b[0] - a[0] <= tile for a, b in zip(spans, spans[1:]))
+    else:
+        assert (win, spans) == (n, [(0, 0, n)])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 90), st.integers(1, 90), st.integers(0, 40), st.integers(0, 12))
+def test_windows_cover_every_pixel_once(h, w, tile, overlap):
+    from pipeline.gan.sr import _windows
+
+    seen = np.zeros((h, w), np.int32)
+    for (lh, lw), (wy, wx), (y0, y1, x0, x1) in _windows((h, w), tile, overlap):
+        assert wy + lh <= h and wx + lw <= w
+        seen[y0:y1, x0:x1] += 1
+    assert (seen == 1).all()

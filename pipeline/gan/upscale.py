@@ -31,7 +31,8 @@ def add_arguments(p) -> dict:
     p.add_argument("--tile", type=int, help="LR tile side in pixels (0: whole images); bounds GPU memory")
     p.add_argument("--precision", choices=("bf16", "fp32"), help="bf16 autocast on GPUs, or fp32 (CPUs: fp32)")
     p.add_argument("--threads", type=int, help="torch threads per task")
-    return {**defaults, "from_hr": "on", "batch_size": 8, "tile": DEFAULT_TILE, "precision": "bf16",
+    p.add_argument("--split", help="only the rows of this split, e.g. test (default: every row)")
+    return {**defaults, "split": None, "from_hr": "on", "batch_size": 8, "tile": DEFAULT_TILE, "precision": "bf16",
             "threads": 1}
 
 
@@ -100,6 +101,10 @@ def run(spark, opts, record, _=None) -> dict:
                                     StringType() if k == "data_latin1" else DoubleType()) for k in OUT_FIELDS])
     sr_udf = predict_batch_udf(factory, return_type=rtype, batch_size=opts.batch_size)
     images = spark.read.parquet(opts.input)
+    if opts.split:
+        if "split" not in images.columns:
+            raise PipelineError(f"--split {opts.split}: {opts.input} has no split column")
+        images = images.where(F.col("split") == opts.split)
     keep = [c for c in ("path", "label", "label_index", "split") if c in images.columns]
     # the input's origin (what Spark's image source gave); tables without one (generated samples) use the path
     origin = F.coalesce(F.col("origin"), F.col("path")) if "origin" in images.columns else F.col("path")
