@@ -381,7 +381,7 @@ def plan(spark, src: Source, opts) -> Plan:
         # memory stays flat. Every Python task costs ~0.1 s to start: no more tasks than cores.
         units = [(os.path.join(src.location, c), True) for c in classes] + [(src.location, False)]
         tasks = min(len(units), spark.sparkContext.defaultParallelism)
-        paths = (spark.createDataFrame(units, "folder string, recursive boolean").repartition(tasks)
+        paths = (spark.createDataFrame(spark.sparkContext.parallelize(units, tasks), "folder string, recursive boolean")
                  .mapInPandas(list_local, "path string").repartition(n))
         return Plan(paths, paths, decoder)
     # Other file systems: Spark's binaryFile source reads the bytes. Its scan skips zero-byte
