@@ -73,7 +73,7 @@ def scale(args) -> None:
     for copies in (2, 29):
         rate, *_ = engine_run(spark, work, images, n * (1 + copies), f"aug{copies}", "--engine", "torch",
                               "--num-processes", "1", "--augment", str(copies), "--epochs", "3",
-                              "--batch-size", str(args.batch_size))
+                              "--batch-size", str(args.batch_size or 32))
         rates.append(rate)
         print(f"{n * (1 + copies):>13,} {rate:9.0f}")
     print(f"at 10x the data: samples/s x{rates[1] / rates[0]:.2f} (flat: about 1)")
@@ -84,7 +84,8 @@ def scale(args) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, help="one global batch for every engine and the plain loop "
+                                                  "(default: each engine's own; the plain loop 32)")
     ap.add_argument("--scale", action="store_true", help="torch engine samples/s on the bundled set and 10x it")
     args = ap.parse_args()
     if args.scale:
@@ -95,7 +96,7 @@ def main():
     runs = ["--runs-table", f"{work}/runs"]
     assert cli(["ingest", "--source", "mnist", "--output", f"{work}/mnist", *runs]) == 0
     images = f"{work}/mnist/images"
-    common = ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
+    common = ["--epochs", str(args.epochs), *(["--batch-size", str(args.batch_size)] if args.batch_size else [])]
     samples = spark.read.parquet(images).where("split = 'train'").count() * 3  # with the two shifted copies
     results = {}
     if bigdl_missing() is None:
@@ -113,9 +114,11 @@ def main():
         xs += copies
         ys += [r.label_index] * len(copies)
     spark.stop()
-    plain = plain_samples_per_s(np.stack(xs), np.array(ys, dtype=np.int64), args.epochs, args.batch_size, cores)
+    batch = args.batch_size or 32
+    plain = plain_samples_per_s(np.stack(xs), np.array(ys, dtype=np.int64), args.epochs, batch, cores)
 
-    print(f"LeNet-5, {len(train)} training digits x 3 copies, batch {args.batch_size}, {args.epochs} epochs, "
+    print(f"LeNet-5, {len(train)} training digits x 3 copies, batch {args.batch_size or 'per engine (plain: 32)'}, "
+          f"{args.epochs} epochs, "
           f"{cores} cores; steady state = epochs 2..{args.epochs}")
     print(f"{'plain PyTorch loop, 1 process x ' + str(cores) + ' threads':<44} {plain:8.0f} samples/s")
     for name, (rate, to_97, wall, top1) in results.items():
