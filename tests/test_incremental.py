@@ -171,3 +171,29 @@ def test_incremental_refuses_overwrite_and_other_settings(cli, tmp_path):
     code, _, err = cli(*args, "--split", "train=0.5,test=0.5", "--resize", "4")
     assert code == 2 and "split train=0.8,test=0.2 → train=0.5,test=0.5; resize None → 4x4" in err
     assert sorted((tmp_path / "ds").rglob("*")) == before  # nothing written
+
+
+def test_an_append_that_loses_rows_commits_nothing(spark, cli, tmp_path, monkeypatch):
+    """The count check guards appends as it guards new outputs: a decoder that drops a row stops
+    the run before anything is moved into the tables."""
+    from pipeline import ingest
+
+    root, out = tmp_path / "src", tmp_path / "ds"
+    args = ["ingest", "--source", root, "--output", out, "--incremental", "--partitions", 2]
+    grow(root, 0, 6, broken=False)
+    assert cli(*args)[0] == 0
+    before = committed_paths(spark, out)
+    grow(root, 100, 6, broken=False)
+    real = ingest.decode_files
+
+    def lossy(*a):
+        decode = real(*a)
+        return lambda batches: (b.slice(1) for b in decode(batches))
+
+    monkeypatch.setattr(ingest, "decode_files", lossy)
+    code, _, err = cli(*args)
+    assert code == 2 and "row accounting failed: read 6" in err and "nothing was committed" in err
+    assert committed_paths(spark, out) == before
+    assert not list(out.glob("*/_staging-*"))
+    assert sorted(f"file://{p}" for p in out.glob("images/split=*/*.parquet")) == sorted(
+        spark.read.parquet(f"{out}/images").inputFiles())
