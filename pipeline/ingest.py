@@ -330,22 +330,6 @@ def decode_idx(files: list[tuple[str, str, str, int, tuple[int, int]]], resize):
 
 # ---------------------------------------------------------------- the job
 
-def list_remote(fs: HadoopFS, root: str) -> tuple[int, list[str]]:
-    """(number of visible files, the zero-byte ones) under a non-local folder, via Hadoop's API."""
-    count, empty = 0, []
-    jfs, jpath = fs._resolve(root)
-    it = jfs.listFiles(jpath, True)
-    prefix = len(jpath.toString().rstrip("/")) + 1
-    while it.hasNext():
-        status = it.next()
-        path = status.getPath().toString()
-        if not any(part.startswith((".", "_")) for part in path[prefix:].split("/")):
-            count += 1
-            if status.getLen() == 0:
-                empty.append(path)
-    return count, empty
-
-
 @dataclass
 class Plan:
     """What to read: `inputs` (one `path` per input item, the unit of accounting), `rows` (what the
@@ -386,7 +370,7 @@ def plan(spark, src: Source, opts) -> Plan:
         return Plan(paths, paths, decoder)
     # Other file systems: Spark's binaryFile source reads the bytes. Its scan skips zero-byte
     # files, so those (found by listing on the driver) are added back as empty rows.
-    _, empty = list_remote(fs, root)
+    empty = [s.getPath().toString() for s in fs.visible_files(root) if s.getLen() == 0]
     spark.conf.set("spark.sql.files.openCostInBytes", str(64 * 1024))  # many small files per task
     spark.conf.set("spark.sql.files.minPartitionNum", str(n))
     rows = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)

@@ -109,16 +109,19 @@ class HadoopFS:
         fs, p = self._resolve(path)
         return fs.getFileStatus(p)
 
-    def list_files(self, path: str) -> list[str]:
-        """Every visible file under a folder, recursively (Spark's rule for hidden names)."""
+    def visible_files(self, path: str):
+        """The FileStatus of every visible file under a folder, recursively (Spark's rule: no part
+        of the path below the folder starts with _ or .)."""
         fs, root = self._resolve(path)
         prefix = len(root.toString().rstrip("/")) + 1
-        files, it = [], fs.listFiles(root, True)
+        it = fs.listFiles(root, True)
         while it.hasNext():
-            name = it.next().getPath().toString()
-            if not any(part.startswith(("_", ".")) for part in name[prefix:].split("/")):
-                files.append(name)
-        return files
+            status = it.next()
+            if not any(part.startswith(("_", ".")) for part in status.getPath().toString()[prefix:].split("/")):
+                yield status
+
+    def list_files(self, path: str) -> list[str]:
+        return [s.getPath().toString() for s in self.visible_files(path)]
 
     def list_dirs(self, path: str) -> list[str]:
         """Names of the visible sub-folders (Spark's own rule: names starting with . or _ are hidden)."""

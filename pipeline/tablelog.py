@@ -116,24 +116,30 @@ def appending(spark, tables: list[str], record):
                 batch = t.add(moved)
                 log.info("%s: committed %d files as log entry %d", t.table, len(moved), batch)
     finally:
-        for stage in staging:
-            HadoopFS(spark).delete(stage)
+        for t, stage in zip(logs, staging):
+            t.fs.delete(stage)
 
 
-def committed_files(table: str) -> list[str] | None:
-    """The committed files of `table` as paths of its pyarrow filesystem, or None when the table
-    has no commit log (then every visible file is committed). Reads the log as Spark does: the
-    newest compacted entry, then every entry after it."""
+def committed_files(table: str) -> list[str]:
+    """The committed files of `table` as paths of its pyarrow filesystem (none when it does not
+    exist): the files its commit log lists, read as Spark does (the newest compacted entry, then
+    every entry after it), or, without a log, every visible file (Spark's rule for hidden names)."""
     from pyarrow import fs as pafs
 
     fs, root = arrow_filesystem(table)
+    root = root.rstrip("/")
     try:
-        infos = fs.get_file_info(pafs.FileSelector(f"{root.rstrip('/')}/{LOG_DIR}"))
+        infos = fs.get_file_info(pafs.FileSelector(f"{root}/{LOG_DIR}"))
     except FileNotFoundError:
-        return None
+        infos = []
     entries = {int(m.group(1)): i.path for i in infos if (m := _ENTRY.fullmatch(i.base_name))}
     if not entries:
-        return None
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        except FileNotFoundError:
+            return []
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File and not any(
+            part.startswith(("_", ".")) for part in i.path[len(root) + 1:].split("/")))
     latest = max(entries)
     first = max((b for b, p in entries.items() if p.endswith(".compact")), default=0)
     files: dict[str, bool] = {}

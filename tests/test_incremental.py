@@ -75,7 +75,11 @@ def test_log_reader_matches_spark_through_compaction(spark, tmp_path):
     files = tablelog.committed_files(str(table))
     assert sorted(f"file://{f}" for f in files) == sorted(seen.inputFiles())
     assert sum(pq.read_metadata(f).num_rows for f in files) == 52
-    assert tablelog.committed_files(str(tmp_path / "stage0")) is None  # no log: every file counts
+    plain = tmp_path / "plain"  # no log: every visible file counts (not _SUCCESS, not the .crc files)
+    spark.range(10).selectExpr("id", "'train' as split").repartition(2).write.partitionBy("split").parquet(str(plain))
+    parts = sorted(str(f) for f in plain.rglob("part-*.parquet"))
+    assert len(parts) == 2 and tablelog.committed_files(str(plain)) == parts
+    assert tablelog.committed_files(str(tmp_path / "nowhere")) == []
 
 
 @pytest.mark.slow

@@ -69,9 +69,9 @@ def read_split(table: str, split: str, rank: int, world: int, copies: int = 0):
     import pyarrow.dataset as ds
 
     fs, path = arrow_filesystem(table)
-    files = committed_files(table)  # an incrementally ingested table: its committed files only
-    source = ds.dataset(path if files is None else files, filesystem=fs, format="parquet",
-                        partitioning="hive", partition_base_dir=path)
+    # the committed files only: an incrementally ingested table may hold some of a failed append
+    source = ds.dataset(committed_files(table), filesystem=fs, format="parquet", partitioning="hive",
+                        partition_base_dir=path)
     rows = (source.to_table(columns=["path", "label_index", *data.PIXEL_COLUMNS],
                             filter=(pc.field("split") == split) & pc.field("label_index").is_valid())
             .sort_by("path").to_pylist())[rank::world]

@@ -33,16 +33,7 @@ def shard_files(table: str, split: str, rank: int, world: int) -> tuple[pafs.Fil
     """
     fs, root = arrow_filesystem(table)
     folder = f"{root.rstrip('/')}/split={split}"
-    committed = committed_files(table)  # an incrementally ingested table: its committed files only
-    if committed is not None:
-        files = [f for f in committed if f.startswith(folder + "/")]
-    else:
-        try:
-            infos = fs.get_file_info(pafs.FileSelector(folder))
-        except FileNotFoundError:
-            infos = []
-        files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-                       and not i.base_name.startswith(("_", ".")))  # Spark's rule for hidden files
+    files = [f for f in committed_files(table) if f.startswith(folder + "/") and f.endswith(".parquet")]
     if not files:
         raise FileNotFoundError(f"{table}: no Parquet files in split={split}")
     if len(files) >= world:
