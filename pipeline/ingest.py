@@ -157,6 +157,7 @@ def _rejected_row(path, reason):
     return (path, path, None, None, None, None, None, None, None, None, reason)
 
 
+REJECTED_SCHEMA = pa.schema([(name, pa.string()) for name in ("path", "reason", "stage", "run_id")])
 DECODED_SCHEMA = pa.schema([("path", pa.string()), ("origin", pa.string()), ("label", pa.string()),
                             ("label_index", pa.int32()), ("height", pa.int32()), ("width", pa.int32()),
                             ("nChannels", pa.int32()), ("mode", pa.int32()), ("data", pa.binary()),
@@ -413,14 +414,15 @@ def decode_into(spark, p: Plan, inputs, images: str, rejected: str, run_id: str)
     (decoded.where(F.col("reason").isNull()).select(*im.IMAGE_COLUMNS)
      .write.partitionBy("split").parquet(images))
     written = spark.read.parquet(images) if HadoopFS(spark).has_data(images) else None
-    reasons = F.lit("decode").alias("stage"), F.lit(run_id).alias("run_id")
     per_split = {} if written is None else {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}
     if rejects.value == 0:
-        # Nothing to look for (the count check still compares the inputs with what was written).
-        spark.createDataFrame([], "path string, reason string").select("*", *reasons).coalesce(1).write.parquet(rejected)
+        # Nothing to look for (the count check still compares the inputs with what was written);
+        # the rejected table is still created, with its schema.
+        HadoopFS(spark).write_parquet(rejected, "part-00000-empty.parquet", REJECTED_SCHEMA.empty_table())
         return per_split, 0
     missing = inputs if written is None else inputs.join(written.select("path"), "path", "left_anti")
     retry = missing if p.rows is p.inputs else p.rows.join(missing, "path")
+    reasons = F.lit("decode").alias("stage"), F.lit(run_id).alias("run_id")
     (retry.mapInArrow(p.decoder, DECODED_DDL).where(F.col("reason").isNotNull())
      .select("path", "reason", *reasons).coalesce(1).write.parquet(rejected))
     return per_split, spark.read.parquet(rejected).count()
