@@ -14,21 +14,23 @@ def main(argv=None) -> int:
     ap.add_argument("--last", type=int, default=5)
     args = ap.parse_args(argv)
     try:
-        runs = pq.read_table(args.table).to_pandas().sort_values("started_at").tail(args.last)
+        table = pq.read_table(args.table)
     except (OSError, ValueError) as exc:
         print(f"no runs table at {args.table} ({exc})")
         return 1
-    for r in runs.itertuples():
-        counts = f"in {r.rows_in}, out {r.rows_out}, rejected {r.rows_rejected}" if r.rows_in is not None else ""
-        print(f"{r.job:<14} {r.status:<9} {r.duration_s:6.1f}s  {counts}")
-        metrics = dict(r.metrics) if r.metrics is not None else {}
+    # rows as Python values: nullable counts stay ints (pandas would make them floats)
+    for r in sorted(table.to_pylist(), key=lambda r: r["started_at"])[-args.last:]:
+        counts = ", ".join(f"{name} {r[col]}" for name, col in (("in", "rows_in"), ("out", "rows_out"),
+                                                                 ("rejected", "rows_rejected")) if r[col] is not None)
+        print(f"{r['job']:<14} {r['status']:<9} {r['duration_s']:6.1f}s  {counts}")
+        metrics = dict(r["metrics"] or [])
         shown = {k: round(v, 4) for k, v in metrics.items() if "top1" in k or "psnr" in k or "accuracy" in k}
         if shown:
             print(f"{'':<14} metrics: {shown}")
-        for name, path in json.loads(r.outputs or "{}").items():
+        for name, path in json.loads(r["outputs"] or "{}").items():
             print(f"{'':<14} {name:<12} {path}")
-        if r.error:
-            print(f"{'':<14} error: {r.error}")
+        if r["error"]:
+            print(f"{'':<14} error: {r['error']}")
     return 0
 
 

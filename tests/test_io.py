@@ -79,3 +79,39 @@ def test_a_decoder_that_loses_rows_stops_ingest_before_the_commit(spark, cli, tm
     assert not (tmp_path / "ds").exists() and _leftovers(tmp_path) == []
     runs = spark.read.parquet(str(tmp_path / "runs")).collect()
     assert [r.status for r in runs] == ["failed"] and "row accounting failed" in runs[0].error
+
+
+def test_runs_rows_written_from_the_driver_read_as_one_table_with_spark_written_ones(spark, tmp_path, capsys):
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+
+    from pipeline import runs
+    from pipeline.io import recorded_run
+
+    table = str(tmp_path / "runs")
+    # a row as earlier versions wrote it: through Spark (INT96 timestamps, Spark's own footer)
+    old = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    spark.createDataFrame(
+        [("old-1", "ingest", "succeeded", old, old, 1.5, "abc", "h", "local", "app", "{}", "{}", 10, 9, 1,
+          {"rows_train": 9.0}, None)],
+        "run_id string, job string, status string, started_at timestamp, ended_at timestamp, duration_s double, "
+        "git_rev string, host string, spark_master string, app_id string, config string, outputs string, "
+        "rows_in long, rows_out long, rows_rejected long, metrics map<string,double>, error string",
+    ).coalesce(1).write.parquet(table)
+    with recorded_run(spark, table, "train_digits", {"epochs": 1}) as run:
+        run.rows_in = 42
+        run.metrics = {"test_top1": 0.97}
+    assert not [n for n in os.listdir(table) if n.endswith(".inprogress")]
+    rows = {r.run_id: r for r in spark.read.parquet(table).collect()}
+    assert set(rows) == {"old-1", run.run_id}
+    new = rows[run.run_id]
+    assert (new.rows_in, new.rows_out, new.metrics) == (42, None, {"test_top1": 0.97})
+    assert rows["old-1"].started_at < new.started_at  # both instants read right, whoever wrote them
+    assert abs(new.started_at.timestamp() - run.started_at.timestamp()) < 1e-3
+    assert pq.read_table(table).num_rows == 2
+    assert runs.main([table]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("ingest") and printed[0].endswith("in 10, out 9, rejected 1")
+    assert printed[1].startswith("train_digits") and printed[1].endswith("in 42")
+    assert "'test_top1': 0.97" in printed[2]
