@@ -18,7 +18,10 @@ import numpy as np
 from common import local_spark
 
 from pipeline.cli import main as cli
+from pipeline.digits.job import ENGINE_DEFAULTS
 from pipeline.session import bigdl_missing
+
+PLAIN_BATCH = ENGINE_DEFAULTS["torch"]["batch_size"]  # the plain loop trains as the torch engine does
 
 
 def plain_samples_per_s(x: np.ndarray, y: np.ndarray, epochs: int, batch: int, threads: int) -> float:
@@ -73,7 +76,7 @@ def scale(args) -> None:
     for copies in (2, 29):
         rate, *_ = engine_run(spark, work, images, n * (1 + copies), f"aug{copies}", "--engine", "torch",
                               "--num-processes", "1", "--augment", str(copies), "--epochs", "3",
-                              "--batch-size", str(args.batch_size or 32))
+                              "--batch-size", str(args.batch_size or PLAIN_BATCH))
         rates.append(rate)
         print(f"{n * (1 + copies):>13,} {rate:9.0f}")
     print(f"at 10x the data: samples/s x{rates[1] / rates[0]:.2f} (flat: about 1)")
@@ -85,7 +88,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch-size", type=int, help="one global batch for every engine and the plain loop "
-                                                  "(default: each engine's own; the plain loop 32)")
+                                                  f"(default: each engine's own; the plain loop {PLAIN_BATCH})")
     ap.add_argument("--scale", action="store_true", help="torch engine samples/s on the bundled set and 10x it")
     args = ap.parse_args()
     if args.scale:
@@ -114,10 +117,10 @@ def main():
         xs += copies
         ys += [r.label_index] * len(copies)
     spark.stop()
-    batch = args.batch_size or 32
+    batch = args.batch_size or PLAIN_BATCH
     plain = plain_samples_per_s(np.stack(xs), np.array(ys, dtype=np.int64), args.epochs, batch, cores)
 
-    print(f"LeNet-5, {len(train)} training digits x 3 copies, batch {args.batch_size or 'per engine (plain: 32)'}, "
+    print(f"LeNet-5, {len(train)} training digits x 3 copies, batch {args.batch_size or f'per engine (plain: {PLAIN_BATCH})'}, "
           f"{args.epochs} epochs, "
           f"{cores} cores; steady state = epochs 2..{args.epochs}")
     print(f"{'plain PyTorch loop, 1 process x ' + str(cores) + ' threads':<44} {plain:8.0f} samples/s")

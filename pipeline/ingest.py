@@ -27,7 +27,7 @@ import pyarrow as pa
 from pipeline import images as im
 from pipeline import options
 from pipeline.errors import PipelineError
-from pipeline.io import HadoopFS, absolute, atomic_output, is_local, local_path
+from pipeline.io import HadoopFS, absolute, atomic_output, is_hidden, is_local, local_path
 from pipeline.tablelog import appending
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,8 @@ def resolve_source(source: str) -> Source:
                 pairs.append((os.path.join(path, img), os.path.join(path, lab), split))
         return Source("idx", os.path.abspath(path), pairs)
     for root, dirs, files in os.walk(path):
-        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
-        if any(not f.startswith((".", "_")) for f in files):
+        dirs[:] = [d for d in dirs if not is_hidden(d)]
+        if any(not is_hidden(f) for f in files):
             return Source("files", os.path.abspath(path))
     raise PipelineError(f"--source {source}: the folder contains no files")
 
@@ -217,7 +217,7 @@ def list_local(batches):
             while stack:
                 with os.scandir(stack.pop()) as entries:
                     for e in entries:
-                        if e.name.startswith((".", "_")):
+                        if is_hidden(e.name):
                             continue
                         if e.is_dir():
                             if recursive:

@@ -50,6 +50,12 @@ def is_local(path: str) -> bool:
     return not _SCHEME.match(path) or path.startswith("file:")
 
 
+def is_hidden(relative: str) -> bool:
+    """Spark's rule for what its readers skip: a name, or any part of a path below a table's folder,
+    starting with _ or . (_SUCCESS, _spark_metadata, .crc files, staging folders)."""
+    return any(part.startswith(("_", ".")) for part in relative.split("/"))
+
+
 def local_path(path: str) -> str:
     return re.sub(r"^file:(//)?", "", path) if path.startswith("file:") else path
 
@@ -86,15 +92,18 @@ class HadoopFS:
     def has_data(self, path: str) -> bool:
         """False for a folder holding only markers (a write of zero rows leaves just _SUCCESS)."""
         fs, p = self._resolve(path)
-        return any(not s.getPath().getName().startswith(("_", ".")) for s in fs.listStatus(p))
+        return any(not is_hidden(s.getPath().getName()) for s in fs.listStatus(p))
 
-    def write_text(self, path: str, text: str) -> None:
+    def write_bytes(self, path: str, data: bytes) -> None:
         fs, p = self._resolve(path)
         out = fs.create(p, True)
         try:
-            out.write(bytearray(text.encode()))
+            out.write(bytearray(data))
         finally:
             out.close()
+
+    def write_text(self, path: str, text: str) -> None:
+        self.write_bytes(path, text.encode())
 
     def write_parquet(self, folder: str, name: str, table: pa.Table) -> None:
         """One small Parquet file written from the driver, without a Spark job (one costs ~0.2 s
@@ -103,12 +112,7 @@ class HadoopFS:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, use_deprecated_int96_timestamps=True)
         hidden = f"{folder}/.{name}.inprogress"
-        fs, p = self._resolve(hidden)
-        out = fs.create(p, True)
-        try:
-            out.write(bytearray(sink.getvalue().to_pybytes()))
-        finally:
-            out.close()
+        self.write_bytes(hidden, sink.getvalue().to_pybytes())
         self.rename(hidden, f"{folder}/{name}")
 
     def read_text(self, path: str) -> str:
@@ -135,7 +139,7 @@ class HadoopFS:
         it = fs.listFiles(root, True)
         while it.hasNext():
             status = it.next()
-            if not any(part.startswith(("_", ".")) for part in status.getPath().toString()[prefix:].split("/")):
+            if not is_hidden(status.getPath().toString()[prefix:]):
                 yield status
 
     def list_files(self, path: str) -> list[str]:
@@ -145,7 +149,7 @@ class HadoopFS:
         """Names of the visible sub-folders (Spark's own rule: names starting with . or _ are hidden)."""
         fs, p = self._resolve(path)
         return sorted(s.getPath().getName() for s in fs.listStatus(p)
-                      if s.isDirectory() and not s.getPath().getName().startswith((".", "_")))
+                      if s.isDirectory() and not is_hidden(s.getPath().getName()))
 
 
 def check_writable(output: str, mode: str) -> None:

@@ -18,8 +18,9 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as exc:
         print(f"no runs table at {args.table} ({exc})")
         return 1
+    latest = table.sort_by("started_at").slice(max(0, table.num_rows - args.last))
     # rows as Python values: nullable counts stay ints (pandas would make them floats)
-    for r in sorted(table.to_pylist(), key=lambda r: r["started_at"])[-args.last:]:
+    for r in latest.to_pylist():
         counts = ", ".join(f"{name} {r[col]}" for name, col in (("in", "rows_in"), ("out", "rows_out"),
                                                                  ("rejected", "rows_rejected")) if r[col] is not None)
         print(f"{r['job']:<14} {r['status']:<9} {r['duration_s']:6.1f}s  {counts}")

@@ -14,7 +14,7 @@ import json
 import logging
 import re
 
-from pipeline.io import HadoopFS, arrow_filesystem
+from pipeline.io import HadoopFS, arrow_filesystem, is_hidden
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,7 @@ def committed_files(table: str) -> list[str]:
             infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
         except FileNotFoundError:
             return []
-        return sorted(i.path for i in infos if i.type == pafs.FileType.File and not any(
-            part.startswith(("_", ".")) for part in i.path[len(root) + 1:].split("/")))
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File and not is_hidden(i.path[len(root) + 1:]))
     latest = max(entries)
     first = max((b for b, p in entries.items() if p.endswith(".compact")), default=0)
     files: dict[str, bool] = {}
