@@ -1,7 +1,9 @@
 """Ingest: image folders, MNIST IDX files or a bundled set → partitioned images Parquet.
 
-Decoding happens on executors (`mapInArrow` over Spark's `binaryFile` source, or over an id
-range for IDX files and bundled sets); the driver only lists folders and counts rows. Output:
+One pass on the executors: each task decodes its inputs (a local folder's files, Spark's
+`binaryFile` rows for other file systems, or ids of IDX records and bundled items) and writes its
+images and rejected rows itself (pipeline/taskwrite.py); the driver lists local folders into a
+file, commits the tasks' files and counts what landed. Output:
 
     <output>/images/split=train/part-*.parquet     the images contract (README, Data contracts)
     <output>/rejected/part-*.parquet               path, reason, stage, run_id
@@ -25,9 +27,9 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline import images as im
-from pipeline import options
+from pipeline import options, taskwrite
 from pipeline.errors import PipelineError
-from pipeline.io import HadoopFS, absolute, atomic_output, is_hidden, is_local, local_path
+from pipeline.io import HadoopFS, absolute, arrow_filesystem, atomic_output, is_hidden, is_local, local_path
 from pipeline.tablelog import appending
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,6 @@ PHOTOS = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "
           "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page",
           "retina", "rocket", "text")
 BUNDLED = {"mnist": 5000, "digits": 1797, "photos": len(PHOTOS)}
-DECODED_DDL = im.IMAGE_DDL + ", reason string"
 SETTINGS_FILE = "ingest.json"
 IDX_PATTERN = re.compile(r"^(train|t10k)-(images-idx3|labels-idx1)-ubyte(\.gz)?$")
 
@@ -158,10 +159,12 @@ def _rejected_row(path, reason):
 
 
 REJECTED_SCHEMA = pa.schema([(name, pa.string()) for name in ("path", "reason", "stage", "run_id")])
+# what decoders yield: an image row (IMAGE_DDL) or a rejected input (reason set), one per input
 DECODED_SCHEMA = pa.schema([("path", pa.string()), ("origin", pa.string()), ("label", pa.string()),
                             ("label_index", pa.int32()), ("height", pa.int32()), ("width", pa.int32()),
                             ("nChannels", pa.int32()), ("mode", pa.int32()), ("data", pa.binary()),
-                            ("split", pa.string()), ("reason", pa.string())])  # DECODED_DDL, for mapInArrow
+                            ("split", pa.string()), ("reason", pa.string())])
+IMAGE_FILE_SCHEMA = pa.schema([f for f in DECODED_SCHEMA if f.name not in ("split", "reason")])  # split: the folder
 
 
 def _batch(rows) -> pa.RecordBatch:
@@ -208,24 +211,34 @@ def decode_files(root: str, classes: list[str], split, resize):
     return decode
 
 
-def list_local(batches):
-    """mapInPandas body: folders → the visible files under them (Spark's hidden-name rule)."""
-    for pdf in batches:
-        paths = []
-        for folder, recursive in zip(pdf["folder"], pdf["recursive"]):
-            stack = [folder]
-            while stack:
-                with os.scandir(stack.pop()) as entries:
-                    for e in entries:
-                        if is_hidden(e.name):
-                            continue
-                        if e.is_dir():
-                            if recursive:
-                                stack.append(e.path)
-                        elif e.is_file():
-                            paths.append(f"file:{e.path}")
-        if paths:  # an empty object column trips pyspark 3.4's Arrow conversion
-            yield pd.DataFrame({"path": paths})
+def visible_files(folder: str):
+    """Every file under a local folder, as a `file:` path, but those Spark's readers skip
+    (a name starting with _ or .)."""
+    stack = [folder]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for e in entries:
+                if e.name.startswith(("_", ".")):  # is_hidden's rule, for one name
+                    continue
+                if e.is_dir():
+                    stack.append(e.path)
+                elif e.is_file():
+                    yield f"file:{e.path}"
+
+
+def write_listing(folder: str, listing: str, chunk: int = 10_000) -> int:
+    """List a local folder into the file `listing`, NUL-separated (the one byte no file name
+    holds), streamed in chunks so the driver never holds the list; the number of files."""
+    from itertools import islice
+
+    fs, path = arrow_filesystem(listing)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    count, files = 0, visible_files(folder)
+    with fs.open_output_stream(path) as out:
+        while batch := list(islice(files, chunk)):
+            count += len(batch)
+            out.write("".join(p + "\0" for p in batch).encode("utf-8", "surrogateescape"))
+    return count
 
 
 @lru_cache(maxsize=None)
@@ -333,19 +346,22 @@ def decode_idx(files: list[tuple[str, str, str, int, tuple[int, int]]], resize):
 
 @dataclass
 class Plan:
-    """What to read: `inputs` (one `path` per input item, the unit of accounting), `rows` (what the
-    decoder consumes: the same paths, or paths with their bytes) and the decoder itself."""
+    """What to read: `inputs` (one `path` per input item, the unit of accounting; `count` of them
+    when the driver knows it without a Spark job), `rows` (what the decoder consumes: the same
+    paths, or paths with their bytes) and the decoder itself."""
 
     inputs: object
     rows: object
     decoder: object
+    count: int | None = None
 
 
-def plan(spark, src: Source, opts) -> Plan:
+def plan(spark, src: Source, opts, scratch: str) -> Plan:
+    """The inputs of `src`; a local folder's listing goes to a file under `scratch`."""
     n = max(1, opts.partitions)
     if src.kind == "bundled":
         paths = bundled_paths(spark, src.location, n)
-        return Plan(paths, paths, decode_bundled(src.location, opts.split, opts.resize))
+        return Plan(paths, paths, decode_bundled(src.location, opts.split, opts.resize), BUNDLED[src.location])
     if src.kind == "idx":
         files = []
         for img, lab, split in src.idx_files:
@@ -354,21 +370,21 @@ def plan(spark, src: Source, opts) -> Plan:
                 raise PipelineError(f"{img}: {count} images of shape {shape} but {lab} has {nlab} labels")
             files.append((img, lab, split, count, shape))
         paths = idx_paths(spark, files, n)
-        return Plan(paths, paths, decode_idx(files, opts.resize))
+        return Plan(paths, paths, decode_idx(files, opts.resize), sum(f[3] for f in files))
 
     fs = HadoopFS(spark)
     root = fs.qualify(src.location)
-    classes = fs.list_dirs(root)
-    decoder = decode_files(root, classes, opts.split, opts.resize)
+    decoder = decode_files(root, fs.list_dirs(root), opts.split, opts.resize)
     if root.startswith("file:"):
-        # Local or shared folders: executors list them (the class folders spread over the
-        # cores) and read the files themselves; the driver never holds the file list, so its
-        # memory stays flat. Every Python task costs ~0.1 s to start: no more tasks than cores.
-        units = [(os.path.join(src.location, c), True) for c in classes] + [(src.location, False)]
-        tasks = min(len(units), spark.sparkContext.defaultParallelism)
-        paths = (spark.createDataFrame(spark.sparkContext.parallelize(units, tasks), "folder string, recursive boolean")
-                 .mapInPandas(list_local, "path string").repartition(n))
-        return Plan(paths, paths, decoder)
+        # Local or shared folders: the driver lists them (one pass of scandir, ~0.1 s per 100,000
+        # files) into a file that Spark's text source splits into n decode tasks, and each task
+        # reads its files itself: no listing job, no shuffle, and no file list in driver memory.
+        listing = f"{fs.qualify(scratch)}/paths"
+        count = write_listing(local_path(root), listing)
+        spark.conf.set("spark.sql.files.openCostInBytes", str(n))  # split by bytes of listing, not 4 MiB
+        spark.conf.set("spark.sql.files.minPartitionNum", str(n))
+        paths = spark.read.option("lineSep", "\0").text(listing).withColumnRenamed("value", "path")
+        return Plan(paths, paths, decoder, count)
     # Other file systems: Spark's binaryFile source reads the bytes. Its scan skips zero-byte
     # files, so those (found by listing on the driver) are added back as empty rows.
     empty = [s.getPath().toString() for s in fs.visible_files(root) if s.getLen() == 0]
@@ -392,60 +408,53 @@ def validate(opts) -> Source:
     return src
 
 
-def _counting(decoder, rejects):
-    """The decoder, adding its rejected rows to an accumulator on the way."""
-    def decode(batches):
+def writing(decoder, tables: dict[str, str], run_id: str):
+    """mapInArrow body: the decoder's rows written by this task, images by split and rejected rows
+    with their reasons; yields the manifest of its files."""
+    import pyarrow.compute as pc
+
+    def write(batches):
+        files = taskwrite.TaskFiles(tables, run_id)
         for batch in decoder(batches):
-            rejects.add(batch.num_rows - batch.column("reason").null_count)
-            yield batch
-    return decode
+            failed = pc.is_valid(batch.column("reason"))
+            images = batch.filter(pc.invert(failed))
+            for split in pc.unique(images.column("split")).to_pylist():
+                rows = images.filter(pc.equal(images.column("split"), split)).select(IMAGE_FILE_SCHEMA.names)
+                files.add("images", f"split={split}", rows)
+            rejected = batch.filter(failed)
+            if rejected.num_rows:
+                constant = [pa.array([value] * rejected.num_rows, pa.string()) for value in ("decode", run_id)]
+                files.add("rejected", "", pa.RecordBatch.from_arrays(
+                    [rejected.column("path"), rejected.column("reason"), *constant], schema=REJECTED_SCHEMA))
+        yield files.close()
+    return write
 
 
-def decode_into(spark, p: Plan, inputs, images: str, rejected: str, run_id: str) -> tuple[dict, int]:
-    """Decode `inputs` into two tables at `images` and `rejected`: ({split: rows}, rejected rows).
-
-    Decode once into images; when the decoder rejected any, find the inputs images lacks (an
-    anti-join on path) and decode only those again for their reasons."""
-    from pyspark.sql import functions as F
-
-    rows = inputs if p.rows is p.inputs else p.rows.join(inputs, "path")
-    rejects = spark.sparkContext.accumulator(0)
-    decoded = rows.mapInArrow(_counting(p.decoder, rejects), DECODED_DDL)
-    (decoded.where(F.col("reason").isNull()).select(*im.IMAGE_COLUMNS)
-     .write.partitionBy("split").parquet(images))
-    written = spark.read.parquet(images) if HadoopFS(spark).has_data(images) else None
-    per_split = {} if written is None else {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}
-    if rejects.value == 0:
-        # Nothing to look for (the count check still compares the inputs with what was written);
-        # the rejected table is still created, with its schema.
-        HadoopFS(spark).write_parquet(rejected, "part-00000-empty.parquet", REJECTED_SCHEMA.empty_table())
-        return per_split, 0
-    missing = inputs if written is None else inputs.join(written.select("path"), "path", "left_anti")
-    retry = missing if p.rows is p.inputs else p.rows.join(missing, "path")
-    reasons = F.lit("decode").alias("stage"), F.lit(run_id).alias("run_id")
-    (retry.mapInArrow(p.decoder, DECODED_DDL).where(F.col("reason").isNotNull())
-     .select("path", "reason", *reasons).coalesce(1).write.parquet(rejected))
-    return per_split, spark.read.parquet(rejected).count()
+def decode_into(spark, rows, decoder, tables: dict[str, str], run_id: str) -> tuple[dict, int]:
+    """Decode `rows` into the tables `images` and `rejected` in one pass, each task writing its own
+    files: ({split: rows}, rejected rows), as the committed files' footers count them."""
+    fs = HadoopFS(spark)
+    tables = {name: fs.qualify(table) for name, table in tables.items()}
+    taskwrite.setup(tables.values())
+    manifest = rows.mapInArrow(writing(decoder, tables, run_id), taskwrite.MANIFEST_DDL).collect()
+    landed = taskwrite.commit(tables, manifest)
+    per_split = {folder.split("=", 1)[1]: n for (table, folder), n in landed.items() if table == "images"}
+    return per_split, landed.get(("rejected", ""), 0)
 
 
 def run(spark, opts, record, src: Source) -> dict:
     """Every input decoded into a new dataset, or (--incremental) only the inputs the dataset
     lacks, appended to it; either way every input is in images or rejected exactly once."""
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(opts.batch_rows))
-    p = plan(spark, src, opts)
     tables = {"images": f"{opts.output}/images", "rejected": f"{opts.output}/rejected"}
     incremental = opts.incremental and HadoopFS(spark).exists(tables["images"])
     if opts.incremental and not incremental:
         log.info("%s does not exist yet: the first incremental run ingests everything", opts.output)
-    inputs = p.inputs.persist()  # paths only: small, and the same set for every pass below
-    try:
-        if incremental:
-            check_settings(spark, opts, src)
-            per_split = _append(spark, opts, record, p, inputs, tables)
-        else:
-            per_split = _create(spark, opts, record, p, inputs, src)
-    finally:
-        inputs.unpersist()
+    if incremental:
+        check_settings(spark, opts, src)
+        per_split = _append(spark, opts, record, src, tables)
+    else:
+        per_split = _create(spark, opts, record, src)
     record.outputs = tables
     record.metrics = {f"rows_{k}": v for k, v in per_split.items()}
     return {"source": f"{src.kind}:{src.location}", "rows_in": record.rows_in, "rows_out": record.rows_out,
@@ -473,38 +482,46 @@ def check_settings(spark, opts, src: Source) -> None:
                             "keep them, or rebuild the dataset without --incremental")
 
 
-def _create(spark, opts, record, p: Plan, inputs, src: Source) -> dict:
-    record.rows_in = inputs.count()
-    if record.rows_in == 0:
-        raise PipelineError(f"--source {opts.source}: the folder contains no files")
-    log.info("ingesting %d inputs from %s:%s", record.rows_in, src.kind, src.location)
+def _create(spark, opts, record, src: Source) -> dict:
     with atomic_output(spark, opts.output, record, opts.mode) as tmp:
-        per_split, record.rows_rejected = decode_into(spark, p, inputs, f"{tmp}/images", f"{tmp}/rejected",
-                                                      record.run_id)
+        fs = HadoopFS(spark)
+        fs.write_text(f"{tmp}/{SETTINGS_FILE}", json.dumps(dataset_settings(src, opts)))  # an unwritable --output fails here
+        p = plan(spark, src, opts, f"{tmp}/_inputs")
+        record.rows_in = p.inputs.count() if p.count is None else p.count
+        if record.rows_in == 0:
+            raise PipelineError(f"--source {opts.source}: the folder contains no files")
+        log.info("ingesting %d inputs from %s:%s", record.rows_in, src.kind, src.location)
+        tables = {"images": f"{tmp}/images", "rejected": f"{tmp}/rejected"}
+        per_split, record.rows_rejected = decode_into(spark, p.rows, p.decoder, tables, record.run_id)
         record.rows_out = sum(per_split.values())
-        HadoopFS(spark).write_text(f"{tmp}/{SETTINGS_FILE}", json.dumps(dataset_settings(src, opts)))
+        fs.delete(f"{tmp}/_inputs")
         if not per_split:
             reasons = [r.reason for r in spark.read.parquet(f"{tmp}/rejected").select("reason").distinct().take(3)]
             raise PipelineError(f"--source {opts.source}: no file could be decoded "
                                 f"(e.g. {'; '.join(reasons)}); nothing was written")
+        if not record.rows_rejected:  # the table exists, with its schema, when nothing was rejected too
+            fs.write_parquet(tables["rejected"], "part-00000-empty.parquet", REJECTED_SCHEMA.empty_table())
     return per_split
 
 
-def _append(spark, opts, record, p: Plan, inputs, tables: dict) -> dict:
+def _append(spark, opts, record, src: Source, tables: dict) -> dict:
     """The inputs in neither table yet, decoded and appended to both through their commit logs
     (pipeline/tablelog.py). A run killed part-way commits nothing, or images but not rejected:
     either way what it did not commit is still new to the next run, which redoes exactly that."""
     with appending(spark, [tables["images"], tables["rejected"]], record) as (images, rejected):
+        p = plan(spark, src, opts, f"{images}/_inputs")  # in the staging folder: goes with it
         known = (spark.read.parquet(tables["images"]).select("path")
                  .unionByName(spark.read.parquet(tables["rejected"]).select("path")))
-        new = inputs.join(known, "path", "left_anti").repartition(max(1, opts.partitions)).persist()
+        new = p.inputs.join(known, "path", "left_anti").repartition(max(1, opts.partitions)).persist()
         try:
             record.rows_in = new.count()
             log.info("%d new inputs (not yet in %s)", record.rows_in, opts.output)
             if record.rows_in == 0:
                 record.rows_out, record.rows_rejected = 0, 0
                 return {}
-            per_split, record.rows_rejected = decode_into(spark, p, new, images, rejected, record.run_id)
+            rows = new if p.rows is p.inputs else p.rows.join(new, "path")
+            per_split, record.rows_rejected = decode_into(spark, rows, p.decoder,
+                                                          {"images": images, "rejected": rejected}, record.run_id)
             record.rows_out = sum(per_split.values())
         finally:
             new.unpersist()

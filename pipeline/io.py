@@ -66,9 +66,10 @@ class HadoopFS:
     def __init__(self, spark):
         self._jvm = spark.sparkContext._jvm
         self._conf = spark.sparkContext._jsc.hadoopConfiguration()
+        self._path = self._jvm.org.apache.hadoop.fs.Path  # py4j resolves each name part with a round trip: once
 
     def _resolve(self, path: str):
-        p = self._jvm.org.apache.hadoop.fs.Path(path)
+        p = self._path(path)
         return p.getFileSystem(self._conf), p
 
     def exists(self, path: str) -> bool:
@@ -82,7 +83,7 @@ class HadoopFS:
 
     def rename(self, src: str, dst: str) -> None:
         fs, p = self._resolve(src)
-        if not fs.rename(p, self._jvm.org.apache.hadoop.fs.Path(dst)):
+        if not fs.rename(p, self._path(dst)):
             raise PipelineError(f"could not move {src} to {dst}")
 
     def qualify(self, path: str) -> str:
@@ -95,10 +96,15 @@ class HadoopFS:
         return any(not is_hidden(s.getPath().getName()) for s in fs.listStatus(p))
 
     def write_bytes(self, path: str, data: bytes) -> None:
+        self.write_chunks(path, [data])
+
+    def write_chunks(self, path: str, chunks) -> None:
+        """A file from an iterable of byte strings, streamed: the whole never sits in memory."""
         fs, p = self._resolve(path)
         out = fs.create(p, True)
         try:
-            out.write(bytearray(data))
+            for chunk in chunks:
+                out.write(bytearray(chunk))
         finally:
             out.close()
 
@@ -125,7 +131,8 @@ class HadoopFS:
 
     def mkdirs(self, path: str) -> None:
         fs, p = self._resolve(path)
-        fs.mkdirs(p)
+        if not fs.mkdirs(p):
+            raise OSError(f"could not create folder {path}")
 
     def status(self, path: str):
         fs, p = self._resolve(path)

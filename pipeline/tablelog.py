@@ -112,7 +112,7 @@ def appending(spark, tables: list[str], record):
                     t.fs.mkdirs(dest.rsplit("/", 1)[0])
                     t.fs.rename(f, dest)
                     moved.append(dest)
-            if moved or t.fs.exists(stage):
+            if moved:
                 batch = t.add(moved)
                 log.info("%s: committed %d files as log entry %d", t.table, len(moved), batch)
     finally:

@@ -84,6 +84,9 @@ def test_tree_ingest_schema_counts_and_reasons(spark, cli, tree, tmp_path):
     assert (runs[0].rows_in, runs[0].rows_out, runs[0].rows_rejected) == (16, 12, 4)
     assert "rows_rejected  4" in stdout
     assert not [p for p in os.listdir(tmp_path) if "__tmp_" in p or "__old_" in p]
+    # --partitions 3: three decode tasks, each writing its own files; no listing or attempt folder left
+    assert {f.name.split("-")[1] for f in out.rglob("part-*.parquet")} == {"00000", "00001", "00002"}
+    assert not list(out.rglob("_*"))
 
 
 def test_matches_spark_image_source(spark, cli, tree, tmp_path):
@@ -234,3 +237,42 @@ def test_spark_submit_and_python_m_entry_points(tree, tmp_path, python):
     ta, tb = (pq.read_table(tmp_path / d / "images").sort_by("path") for d in "ab")
     assert ta.num_rows == tb.num_rows == 12 and ta.column("data").equals(tb.column("data"))
     assert "rows_rejected  4" in a.stdout and "spark://" not in a.stdout
+
+
+@pytest.mark.slow
+def test_a_task_that_fails_after_writing_its_files_is_retried_and_lands_once(tmp_path, python):
+    """Decode tasks write their own files (pipeline/taskwrite.py): when an attempt dies after
+    writing them, Spark runs the task again, and only the attempt Spark counted is committed."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import os\n"
+        "import pipeline.taskwrite as tw\n"
+        "real = tw.TaskFiles.close\n"
+        "def close(self):\n"
+        "    manifest = real(self)\n"
+        "    from pyspark import TaskContext\n"
+        "    ctx = TaskContext.get()\n"
+        "    if ctx.partitionId() == 0 and ctx.attemptNumber() == 0:\n"
+        "        with open(os.path.join(os.path.dirname(__file__), 'written'), 'w') as fh:\n"
+        "            fh.write('\\n'.join(f._path for f in self._files.values()))\n"
+        "        raise RuntimeError('injected: lost after writing its files')\n"
+        "    return manifest\n"
+        "tw.TaskFiles.close = close\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "ds"
+    r = subprocess.run([python, "-m", "pipeline", "ingest", "--source", "digits", "--output", str(out),
+                        "--partitions", "2", "--runs-table", str(tmp_path / "runs"),
+                        "--conf", "spark.master=local[2,2]"],  # local mode with one retry per task
+                       capture_output=True, text=True, cwd=repo, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(inject)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    written = (inject / "written").read_text().split()  # by the first attempt, which then failed
+    assert written and all("/_temporary/" in f and not os.path.exists(f) for f in written)
+    import pyarrow.parquet as pq
+    paths = pq.read_table(out / "images").column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 1797
+    assert {f.name.split("-")[1] for f in out.rglob("part-*.parquet")} == {"00000", "00001"}
+    assert not list(out.rglob("_temporary"))
+    run = pq.read_table(tmp_path / "runs").to_pylist()[-1]
+    assert (run["status"], run["rows_in"], run["rows_out"], run["rows_rejected"]) == ("succeeded", 1797, 1797, 0)

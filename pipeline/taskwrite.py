@@ -1,0 +1,114 @@
+"""Parquet written by the Python tasks that make the rows, committed by the driver.
+
+A Spark write of rows made in Python sends every row through the JVM (Arrow → rows → Parquet) on
+the same cores that make them. Here each task writes its own rows with pyarrow, through the table's
+pyarrow filesystem (as the workers read tables: file:, hdfs://, s3://), and returns one manifest row
+per file. The protocol is Hadoop's FileOutputCommitter (v1), with the driver as committer:
+
+- `setup` creates `<table>/_temporary` (a hidden name: readers skip it);
+- each task attempt writes `<table>/_temporary/<attempt id>/<dir>/part-<partition>-<run id>.parquet`;
+- `commit` takes the manifest Spark collected, which holds the rows of exactly one attempt per
+  partition (the one Spark counted), moves those files into place, checks each file's row count
+  in its footer against what the task reported, and deletes `_temporary` with whatever failed,
+  retried or speculative attempts left there.
+"""
+
+from __future__ import annotations
+
+from pipeline.io import arrow_filesystem
+
+MANIFEST_DDL = "table string, staged string, file string, rows long"
+TEMPORARY = "_temporary"
+ROW_GROUP_BYTES = 32 << 20  # rows are buffered to row groups of about this size
+
+
+class TaskFiles:
+    """Worker side: one Parquet file per (table, dir) the task adds rows to."""
+
+    def __init__(self, tables: dict[str, str], run_id: str):
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        self._tables = tables
+        self._attempt = f"{TEMPORARY}/{ctx.taskAttemptId()}"
+        self._name = f"part-{ctx.partitionId():05d}-{run_id}.parquet"
+        self._files: dict[tuple[str, str], _File] = {}
+
+    def add(self, table: str, folder: str, batch) -> None:
+        """Rows for `<table>/<folder>/`; folder '' for the table's top level."""
+        key = (table, folder)
+        if key not in self._files:
+            file = f"{folder}/{self._name}" if folder else self._name
+            self._files[key] = _File(self._tables[table], f"{self._attempt}/{file}", file, batch.schema)
+        self._files[key].add(batch)
+
+    def close(self):
+        """Flush and close every file; the manifest, as one Arrow batch."""
+        import pyarrow as pa
+
+        rows = [{"table": table, "staged": f.staged, "file": f.file, "rows": f.close()}
+                for (table, _), f in self._files.items()]
+        return pa.RecordBatch.from_pylist(rows, schema=pa.schema([
+            ("table", pa.string()), ("staged", pa.string()), ("file", pa.string()), ("rows", pa.int64())]))
+
+
+class _File:
+    def __init__(self, table: str, staged: str, file: str, schema):
+        self.staged, self.file, self._schema = staged, file, schema
+        self._fs, root = arrow_filesystem(table)
+        self._path = f"{root.rstrip('/')}/{staged}"
+        self._writer, self._buffer, self._bytes, self._rows = None, [], 0, 0
+
+    def add(self, batch) -> None:
+        self._buffer.append(batch)
+        self._bytes += batch.nbytes
+        self._rows += batch.num_rows
+        if self._bytes >= ROW_GROUP_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            self._fs.create_dir(self._path.rsplit("/", 1)[0], recursive=True)
+            # dictionaries only where values repeat: pixels and paths would be tried and dropped
+            self._writer = pq.ParquetWriter(self._path, self._schema, filesystem=self._fs,
+                                            use_dictionary=[f.name for f in self._schema
+                                                            if f.name in ("label", "reason", "stage", "run_id")])
+        self._writer.write_table(pa.Table.from_batches(self._buffer, self._schema))
+        self._buffer, self._bytes = [], 0
+
+    def close(self) -> int:
+        if self._buffer or self._writer is None:
+            self._flush()
+        self._writer.close()
+        return self._rows
+
+
+def setup(tables) -> None:
+    for table in tables:
+        fs, root = arrow_filesystem(table)
+        fs.create_dir(f"{root.rstrip('/')}/{TEMPORARY}", recursive=True)
+
+
+def commit(tables: dict[str, str], manifest) -> dict[tuple[str, str], int]:
+    """Move the files of the manifest's attempts into their tables; {(table, folder): rows}, counted
+    from the files' footers. Through the tables' pyarrow filesystems, as the tasks wrote them."""
+    import pyarrow.parquet as pq
+
+    landed: dict[tuple[str, str], int] = {}
+    for row in manifest:
+        fs, root = arrow_filesystem(tables[row.table])
+        root = root.rstrip("/")
+        folder = row.file.rsplit("/", 1)[0] if "/" in row.file else ""
+        fs.create_dir(f"{root}/{folder}".rstrip("/"), recursive=True)
+        fs.move(f"{root}/{row.staged}", f"{root}/{row.file}")
+        rows = pq.read_metadata(f"{root}/{row.file}", filesystem=fs).num_rows
+        if rows != row.rows:
+            raise RuntimeError(f"{tables[row.table]}/{row.file}: a task reported {row.rows} rows, the file holds {rows}")
+        landed[(row.table, folder)] = landed.get((row.table, folder), 0) + rows
+    for table in tables.values():
+        fs, root = arrow_filesystem(table)
+        fs.delete_dir(f"{root.rstrip('/')}/{TEMPORARY}")
+    return landed
