@@ -22,6 +22,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pipeline import images as im
 from pipeline import options
 from pipeline.errors import PipelineError
+from pipeline.workers import skip_zip_rereads
 
 IMAGE_FIELDS = ("origin", "height", "width", "nChannels", "mode", "data")
 
@@ -282,6 +283,7 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
         name, file, layer, threads = self.getModelName(), self.getModelFile(), self.getFeatureLayer(), self.getThreads()
 
         def make_predict_fn():
+            skip_zip_rereads()
             set_tf_threads(threads)
             model, shape, preprocess = build_model(name, file, weights, layer)
             width = int(np.prod(model.output_shape[1:]))

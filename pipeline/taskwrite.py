@@ -28,6 +28,9 @@ class TaskFiles:
     def __init__(self, tables: dict[str, str], run_id: str):
         from pyspark import TaskContext
 
+        from pipeline.workers import skip_zip_rereads
+
+        skip_zip_rereads()
         ctx = TaskContext.get()
         self._tables = tables
         self._attempt = f"{TEMPORARY}/{ctx.taskAttemptId()}"

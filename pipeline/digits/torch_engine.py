@@ -24,6 +24,7 @@ from pipeline import ddp
 from pipeline.digits import data
 from pipeline.io import arrow_filesystem
 from pipeline.tablelog import committed_files
+from pipeline.workers import skip_zip_rereads
 
 MODEL_FILE = "lenet5.pt"  # data.MODEL_FILES
 STATE_FILE = "state.pt"
@@ -197,6 +198,7 @@ def predict(spark, model: LeNet5, df, batch_size: int = 256):
     blob, classes = buf.getvalue(), model.classifier[-1].out_features  # ~250 KB, shipped in the closure
 
     def make_predict_fn():
+        skip_zip_rereads()
         torch.set_num_threads(1)  # one Spark task, one core
         net = LeNet5(classes)
         net.load_state_dict(torch.load(io.BytesIO(blob), weights_only=True))

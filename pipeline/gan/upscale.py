@@ -56,6 +56,10 @@ def make_predict_fn(folder: str, from_hr: bool, threads: int, tile: int, batch: 
     """predict_batch_udf's factory: runs once per Python worker, which may serve many tasks."""
     import torch
 
+    from pipeline.workers import skip_zip_rereads
+
+    skip_zip_rereads()
+
     from pipeline import ddp
     from pipeline import images as im
     from pipeline.gan import sr
