@@ -29,7 +29,8 @@ import pyarrow as pa
 from pipeline import images as im
 from pipeline import options, taskwrite
 from pipeline.errors import PipelineError
-from pipeline.io import HadoopFS, absolute, arrow_filesystem, atomic_output, is_hidden, is_local, local_path
+from pipeline.io import (HIDDEN, HadoopFS, absolute, arrow_filesystem, atomic_output, is_hidden, is_local,
+                         local_path)
 from pipeline.tablelog import appending
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ def visible_files(folder: str):
     while stack:
         with os.scandir(stack.pop()) as entries:
             for e in entries:
-                if e.name.startswith(("_", ".")):  # is_hidden's rule, for one name
+                if e.name.startswith(HIDDEN):  # is_hidden for one name, without its split
                     continue
                 if e.is_dir():
                     stack.append(e.path)

@@ -50,10 +50,13 @@ def is_local(path: str) -> bool:
     return not _SCHEME.match(path) or path.startswith("file:")
 
 
+HIDDEN = ("_", ".")  # name prefixes Spark's readers skip
+
+
 def is_hidden(relative: str) -> bool:
     """Spark's rule for what its readers skip: a name, or any part of a path below a table's folder,
     starting with _ or . (_SUCCESS, _spark_metadata, .crc files, staging folders)."""
-    return any(part.startswith(("_", ".")) for part in relative.split("/"))
+    return any(part.startswith(HIDDEN) for part in relative.split("/"))
 
 
 def local_path(path: str) -> str:
@@ -90,21 +93,11 @@ class HadoopFS:
         fs, p = self._resolve(path)
         return fs.makeQualified(p).toString()
 
-    def has_data(self, path: str) -> bool:
-        """False for a folder holding only markers (a write of zero rows leaves just _SUCCESS)."""
-        fs, p = self._resolve(path)
-        return any(not is_hidden(s.getPath().getName()) for s in fs.listStatus(p))
-
     def write_bytes(self, path: str, data: bytes) -> None:
-        self.write_chunks(path, [data])
-
-    def write_chunks(self, path: str, chunks) -> None:
-        """A file from an iterable of byte strings, streamed: the whole never sits in memory."""
         fs, p = self._resolve(path)
         out = fs.create(p, True)
         try:
-            for chunk in chunks:
-                out.write(bytearray(chunk))
+            out.write(bytearray(data))
         finally:
             out.close()
 

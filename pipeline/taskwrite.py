@@ -15,9 +15,13 @@ per file. The protocol is Hadoop's FileOutputCommitter (v1), with the driver as 
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 from pipeline.io import arrow_filesystem
 
-MANIFEST_DDL = "table string, staged string, file string, rows long"
+MANIFEST_SCHEMA = pa.schema([("table", pa.string()), ("staged", pa.string()), ("file", pa.string()),
+                             ("rows", pa.int64())])
+MANIFEST_DDL = ", ".join(f"{f.name} {'long' if f.type == pa.int64() else 'string'}" for f in MANIFEST_SCHEMA)
 TEMPORARY = "_temporary"
 ROW_GROUP_BYTES = 32 << 20  # rows are buffered to row groups of about this size
 
@@ -47,12 +51,9 @@ class TaskFiles:
 
     def close(self):
         """Flush and close every file; the manifest, as one Arrow batch."""
-        import pyarrow as pa
-
         rows = [{"table": table, "staged": f.staged, "file": f.file, "rows": f.close()}
                 for (table, _), f in self._files.items()]
-        return pa.RecordBatch.from_pylist(rows, schema=pa.schema([
-            ("table", pa.string()), ("staged", pa.string()), ("file", pa.string()), ("rows", pa.int64())]))
+        return pa.RecordBatch.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
 
 class _File:
@@ -70,7 +71,6 @@ class _File:
             self._flush()
 
     def _flush(self) -> None:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if self._writer is None:
@@ -100,9 +100,10 @@ def commit(tables: dict[str, str], manifest) -> dict[tuple[str, str], int]:
     from the files' footers. Through the tables' pyarrow filesystems, as the tasks wrote them."""
     import pyarrow.parquet as pq
 
+    filesystems = {name: arrow_filesystem(table) for name, table in tables.items()}
     landed: dict[tuple[str, str], int] = {}
     for row in manifest:
-        fs, root = arrow_filesystem(tables[row.table])
+        fs, root = filesystems[row.table]
         root = root.rstrip("/")
         folder = row.file.rsplit("/", 1)[0] if "/" in row.file else ""
         fs.create_dir(f"{root}/{folder}".rstrip("/"), recursive=True)
@@ -111,7 +112,6 @@ def commit(tables: dict[str, str], manifest) -> dict[tuple[str, str], int]:
         if rows != row.rows:
             raise RuntimeError(f"{tables[row.table]}/{row.file}: a task reported {row.rows} rows, the file holds {rows}")
         landed[(row.table, folder)] = landed.get((row.table, folder), 0) + rows
-    for table in tables.values():
-        fs, root = arrow_filesystem(table)
+    for fs, root in filesystems.values():
         fs.delete_dir(f"{root.rstrip('/')}/{TEMPORARY}")
     return landed

@@ -17,6 +17,7 @@ from pipeline import options
 from pipeline.errors import PipelineError
 from pipeline.gan.config import DEFAULT_TILE
 from pipeline.io import absolute, atomic_output, local_path
+from pipeline.workers import skip_zip_rereads
 
 OUT_FIELDS = ("height", "width", "nChannels", "data_latin1", "psnr_sr", "psnr_bicubic", "ssim_sr", "ssim_bicubic")
 SCORES = OUT_FIELDS[4:]
@@ -56,13 +57,11 @@ def make_predict_fn(folder: str, from_hr: bool, threads: int, tile: int, batch: 
     """predict_batch_udf's factory: runs once per Python worker, which may serve many tasks."""
     import torch
 
-    from pipeline.workers import skip_zip_rereads
-
-    skip_zip_rereads()
-
     from pipeline import ddp
     from pipeline import images as im
     from pipeline.gan import sr
+
+    skip_zip_rereads()
 
     torch.set_num_threads(threads)
     generators = {}  # device → model: a reused worker may next run a task Spark gave another GPU
