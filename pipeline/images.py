@@ -86,17 +86,40 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(content: bytes, resize: tuple[int, int] | None = None) -> np.ndarray:
-    """Encoded bytes (PNG, JPEG, ...) → uint8 array; DecodeError with a readable reason otherwise."""
+# What ingest decodes (README, Safety): the formats Spark's image source reads, and WebP. Other formats
+# PIL knows (TIFF, PSD, ICO, ...) are rejected rows: each decoder is code an input file can reach.
+FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP")
+# Pixels per image at most (--max-pixels): a decoded image of this size is ~160 MB as RGBA, so a worker
+# decoding one stays well under a GB (README, Safety, measured by bench/limits.py).
+MAX_PIXELS = 40_000_000
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """No encoded image of at most `max_pixels` pixels needs more bytes than its raw RGBA pixels plus
+    headroom: a bigger file is refused before it is read into memory."""
+    return 4 * max_pixels + (16 << 20)
+
+
+def decode_image(content: bytes, resize: tuple[int, int] | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Encoded bytes (PNG, JPEG, ...) → uint8 array; DecodeError with a readable reason otherwise.
+
+    The format and the pixel count are checked from the header, before any pixel is decoded."""
     if not content:
         raise DecodeError("empty file (0 bytes)")
     try:
         with Image.open(io.BytesIO(content)) as img:
+            if img.format not in FORMATS:
+                raise DecodeError(f"format {img.format} is not one ingest reads (expected {', '.join(FORMATS)})")
+            w, h = img.size
+            if w * h > max_pixels:
+                raise DecodeError(f"image too large: {w}x{h} is {w * h:,} pixels, over --max-pixels {max_pixels:,}")
             img.load()  # decode everything now: a truncated file must fail here, not later
             img = _to_8bit(img)
             if resize is not None and img.size != (resize[1], resize[0]):
                 img = img.resize((resize[1], resize[0]), Image.Resampling.BILINEAR)
             return np.asarray(img)
+    except DecodeError:
+        raise
     except UnidentifiedImageError:
         raise DecodeError("not an image PIL can decode (unrecognised format)") from None
     except Image.DecompressionBombError as exc:

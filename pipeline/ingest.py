@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -85,11 +86,12 @@ def add_arguments(p: argparse.ArgumentParser) -> dict:
     p.add_argument("--partitions", type=int, help="decode tasks, and so files per split")
     p.add_argument("--resize", type=parse_size, help="resize every image to N or HxW (bilinear)")
     p.add_argument("--batch-rows", type=int, help="rows per Arrow batch handed to the decoder")
+    p.add_argument("--max-pixels", type=int, help="larger images are rejected rows (bounds a worker's memory)")
     p.add_argument("--incremental", action="store_true",
                    help="add only the inputs --output lacks (exactly once, also after a killed run); "
                         "creates --output on the first run")
     return {**defaults, "incremental": False, "split": parse_split("train=0.8,test=0.2"), "partitions": 4, "resize": None,
-            "batch_rows": 256}
+            "batch_rows": 256, "max_pixels": im.MAX_PIXELS}
 
 
 # ---------------------------------------------------------------- sources
@@ -176,13 +178,37 @@ def _batch(rows) -> pa.RecordBatch:
                                       schema=DECODED_SCHEMA)
 
 
-def _read_local(path: str) -> bytes:
-    with open(local_path(path), "rb") as fh:
+BATCH_BYTES = 32 << 20  # decoded rows handed on at about this size, whatever --batch-rows says
+
+
+def _read_local(path: str, limit: int) -> bytes:
+    """A regular file's bytes; never blocks on a FIFO or device that took a listed file's place."""
+    fd = os.open(local_path(path), os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise im.DecodeError("not a regular file (it changed after the listing)")
+        if st.st_size > limit:
+            raise im.DecodeError(f"file too large: {st.st_size:,} bytes, more than an image within --max-pixels needs")
         return fh.read()
 
 
-def decode_files(root: str, classes: list[str], split, resize):
-    """mapInArrow body: batches of `path` (+ `content` when Spark read the bytes) → decoded rows.
+def _decode_file(path, content, listed, max_pixels, resize):
+    """One input → its pixels, or DecodeError with the reason it is rejected."""
+    if listed is not None:
+        raise im.DecodeError(listed)
+    try:
+        data = _read_local(path, im.max_file_bytes(max_pixels)) if content is None else content
+    except FileNotFoundError:
+        raise im.DecodeError("file vanished after the listing") from None
+    except OSError as exc:
+        raise im.DecodeError(f"unreadable file: {exc.strerror or exc}") from None
+    return im.decode_image(data, resize, max_pixels)
+
+
+def decode_files(root: str, classes: list[str], split, resize, max_pixels: int = im.MAX_PIXELS):
+    """mapInArrow body: batches of `path` (+ `content` when Spark read the bytes, + `listing_reason`
+    for inputs the listing already rejected) → decoded rows, handed on in batches of about BATCH_BYTES.
 
     Without a `content` column the file is read here, on the executor, from a local or shared
     (NFS-style) path.
@@ -191,55 +217,106 @@ def decode_files(root: str, classes: list[str], split, resize):
     prefix = root.rstrip("/") + "/"
 
     def decode(batches):
+        rows, size = [], 0
         for batch in batches:
             paths = batch.column("path").to_pylist()
             names = batch.schema.names
             contents = batch.column("content").to_pylist() if "content" in names else [None] * len(paths)
-            rows = []
-            for path, content in zip(paths, contents):
+            listed = batch.column("listing_reason").to_pylist() if "listing_reason" in names else [None] * len(paths)
+            for path, content, reason in zip(paths, contents, listed):
                 rel = path[len(prefix):] if path.startswith(prefix) else path
                 parts = rel.split("/")
                 label = parts[0] if len(parts) > 1 else None
                 try:
-                    arr = im.decode_image(_read_local(path) if content is None else content, resize)
-                    rows.append(_image_row(path, label, class_index.get(label), arr,
-                                           split_of(rel, split), None))
+                    arr = _decode_file(path, content, reason, max_pixels, resize)
+                    rows.append(_image_row(path, label, class_index.get(label), arr, split_of(rel, split), None))
+                    size += arr.nbytes
                 except im.DecodeError as exc:
                     rows.append(_rejected_row(path, str(exc)))
-                except OSError as exc:
-                    rows.append(_rejected_row(path, f"unreadable file: {exc.strerror or exc}"))
+                if size >= BATCH_BYTES:
+                    yield _batch(rows)
+                    rows, size = [], 0
+        if rows:
             yield _batch(rows)
     return decode
 
 
-def visible_files(folder: str):
-    """Every file under a local folder, as a `file:` path, but those Spark's readers skip
-    (a name starting with _ or .)."""
+@dataclass
+class Listing:
+    """What the driver's listing of a local folder found."""
+
+    files: int = 0  # inputs, rejected ones included
+    hidden: int = 0  # names Spark's readers skip (_x, .x): counted, not ingested
+    rejected: int = 0  # entries that are rows of `rejected` already (bad names, links, special files)
+
+
+def _shown(path: str) -> str:
+    """A path as a string Spark and Parquet can hold: bytes that are not UTF-8 as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def list_source(folder: str, listing: Listing):
+    """Every input under a local folder: a `file:` path, or (path, reason) for one that can only be
+    rejected. Symbolic links are followed only to files and folders inside the source, each folder
+    once (no loops); names Spark's readers skip (a name starting with _ or .) are counted."""
+    root = os.path.realpath(folder)
+    top = os.stat(root)
+    seen = {(top.st_dev, top.st_ino)}
     stack = [folder]
     while stack:
         with os.scandir(stack.pop()) as entries:
             for e in entries:
                 if e.name.startswith(HIDDEN):  # is_hidden for one name, without its split
+                    listing.hidden += 1
                     continue
-                if e.is_dir():
+                path = f"file:{e.path}"
+                try:
+                    path.encode("utf-8")
+                except UnicodeEncodeError:
+                    yield f"file:{_shown(e.path)}", "file name is not valid UTF-8 (shown with \\x escapes)"
+                    continue
+                if e.is_symlink():
+                    target = os.path.realpath(e.path)
+                    if not os.path.exists(target):
+                        yield path, "broken symbolic link"
+                        continue
+                    if os.path.commonpath([root, target]) != root:
+                        yield path, f"symbolic link to {_shown(target)}, outside the source"
+                        continue
+                try:
+                    st = e.stat()
+                except OSError as exc:
+                    yield path, f"unreadable: {exc.strerror}"
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    if (st.st_dev, st.st_ino) in seen:
+                        yield path, "symbolic link to a folder listed already (a loop or a second way in)"
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
                     stack.append(e.path)
-                elif e.is_file():
-                    yield f"file:{e.path}"
+                elif stat.S_ISREG(st.st_mode):
+                    yield path
+                else:
+                    yield path, "not a regular file (a FIFO, socket or device)"
 
 
-def write_listing(folder: str, listing: str, chunk: int = 10_000) -> int:
-    """List a local folder into the file `listing`, NUL-separated (the one byte no file name
-    holds), streamed in chunks so the driver never holds the list; the number of files."""
+def write_listing(folder: str, listing_file: str, chunk: int = 10_000) -> Listing:
+    """List a local folder into the file `listing_file`, NUL-separated (the one byte no file name
+    holds), streamed in chunks so the driver never holds the list. An entry that can only be rejected
+    is written as `!reason<TAB>path` (a path line always starts with `file:`)."""
     from itertools import islice
 
-    fs, path = arrow_filesystem(listing)
+    fs, path = arrow_filesystem(listing_file)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    count, files = 0, visible_files(folder)
+    listing = Listing()
+    entries = list_source(folder, listing)
     with fs.open_output_stream(path) as out:
-        while batch := list(islice(files, chunk)):
-            count += len(batch)
-            out.write("".join(p + "\0" for p in batch).encode("utf-8", "surrogateescape"))
-    return count
+        while batch := list(islice(entries, chunk)):
+            listing.files += len(batch)
+            lines = [e if isinstance(e, str) else f"!{e[1]}\t{e[0]}" for e in batch]
+            listing.rejected += sum(not isinstance(e, str) for e in batch)
+            out.write("".join(line + "\0" for line in lines).encode("utf-8"))
+    return listing
 
 
 @lru_cache(maxsize=None)
@@ -355,10 +432,13 @@ class Plan:
     rows: object
     decoder: object
     count: int | None = None
+    hidden: int = 0  # files and folders skipped for their names (_x, .x), counted for the summary
 
 
 def plan(spark, src: Source, opts, scratch: str) -> Plan:
     """The inputs of `src`; a local folder's listing goes to a file under `scratch`."""
+    from pyspark.sql import functions as F
+
     n = max(1, opts.partitions)
     if src.kind == "bundled":
         paths = bundled_paths(spark, src.location, n)
@@ -375,17 +455,21 @@ def plan(spark, src: Source, opts, scratch: str) -> Plan:
 
     fs = HadoopFS(spark)
     root = fs.qualify(src.location)
-    decoder = decode_files(root, fs.list_dirs(root), opts.split, opts.resize)
+    decoder = decode_files(root, fs.list_dirs(root), opts.split, opts.resize, opts.max_pixels)
     if root.startswith("file:"):
         # Local or shared folders: the driver lists them (one pass of scandir, ~60 ms per 100,000
         # files) into a file that Spark's text source splits into n decode tasks, and each task
         # reads its files itself: no listing job, no shuffle, and no file list in driver memory.
-        listing = f"{fs.qualify(scratch)}/paths"
-        count = write_listing(local_path(root), listing)
+        listing_file = f"{fs.qualify(scratch)}/paths"
+        listing = write_listing(local_path(root), listing_file)
         spark.conf.set("spark.sql.files.openCostInBytes", str(n))  # split by bytes of listing, not 4 MiB
         spark.conf.set("spark.sql.files.minPartitionNum", str(n))
-        paths = spark.read.option("lineSep", "\0").text(listing).withColumnRenamed("value", "path")
-        return Plan(paths, paths, decoder, count)
+        value = F.col("value")
+        listed = value.startswith("!")  # `!reason<TAB>path`: an entry the listing could only reject
+        paths = spark.read.option("lineSep", "\0").text(listing_file).select(
+            F.when(listed, F.expr("substring(value, instr(value, '\t') + 1)")).otherwise(value).alias("path"),
+            F.when(listed, F.expr("substring(value, 2, instr(value, '\t') - 2)")).alias("listing_reason"))
+        return Plan(paths, paths, decoder, listing.files, listing.hidden)
     # Other file systems: Spark's binaryFile source reads the bytes. Its scan skips zero-byte
     # files, so those (found by listing on the driver) are added back as empty rows.
     empty = [s.getPath().toString() for s in fs.visible_files(root) if s.getLen() == 0]
@@ -399,7 +483,7 @@ def plan(spark, src: Source, opts, scratch: str) -> Plan:
 
 
 def validate(opts) -> Source:
-    options.positive(opts, "partitions", "batch_rows")
+    options.positive(opts, "partitions", "batch_rows", "max_pixels")
     src = resolve_source(opts.source)
     if opts.incremental and opts.mode == "overwrite":
         raise PipelineError("--incremental adds to --output; --mode overwrite would replace it (drop one)")
@@ -457,10 +541,10 @@ def run(spark, opts, record, src: Source) -> dict:
     else:
         per_split = _create(spark, opts, record, src)
     record.outputs = tables
-    record.metrics = {f"rows_{k}": v for k, v in per_split.items()}
+    record.metrics.update({f"rows_{k}": v for k, v in per_split.items()})
     return {"source": f"{src.kind}:{src.location}", "rows_in": record.rows_in, "rows_out": record.rows_out,
             "rows_rejected": record.rows_rejected, "per_split": per_split, "incremental": incremental,
-            **record.outputs}
+            "hidden_files": int(record.metrics.get("skipped_hidden", 0)), **record.outputs}
 
 
 def dataset_settings(src: Source, opts) -> dict:
@@ -488,6 +572,7 @@ def _create(spark, opts, record, src: Source) -> dict:
         fs = HadoopFS(spark)
         fs.write_text(f"{tmp}/{SETTINGS_FILE}", json.dumps(dataset_settings(src, opts)))  # an unwritable --output fails here
         p = plan(spark, src, opts, f"{tmp}/_inputs")
+        record.metrics["skipped_hidden"] = p.hidden
         record.rows_in = p.inputs.count() if p.count is None else p.count
         if record.rows_in == 0:
             raise PipelineError(f"--source {opts.source}: the folder contains no files")
@@ -511,6 +596,7 @@ def _append(spark, opts, record, src: Source, tables: dict) -> dict:
     either way what it did not commit is still new to the next run, which redoes exactly that."""
     with appending(spark, [tables["images"], tables["rejected"]], record) as (images, rejected):
         p = plan(spark, src, opts, f"{images}/_inputs")  # in the staging folder: goes with it
+        record.metrics["skipped_hidden"] = p.hidden
         known = (spark.read.parquet(tables["images"]).select("path")
                  .unionByName(spark.read.parquet(tables["rejected"]).select("path")))
         new = p.inputs.join(known, "path", "left_anti").repartition(max(1, opts.partitions)).persist()

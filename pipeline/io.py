@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
 import traceback
@@ -171,11 +172,61 @@ def check_writable(output: str, mode: str) -> None:
 @contextlib.contextmanager
 def atomic_output(spark, output: str, record: "Run", mode: str = "error"):
     """Yield a temporary path to write into; move it to `output` only if the block succeeds and
-    the run's rows balance (the one place every job's count check happens)."""
+    the run's rows balance (the one place every job's count check happens).
+
+    The temporary folder holds the project's marker from the start (pipeline/safety.py), so it and,
+    once renamed, the output are recognisably this project's; an existing output is replaced only when
+    it holds one. Locally the final rename never replaces a folder that appeared meanwhile, and a rename
+    that fails deletes nothing: the result stays in the temporary folder, which the message names.
+    """
+    if not is_local(output):
+        with _atomic_remote(spark, output, record, mode) as tmp:
+            yield tmp
+        return
+    from pipeline import safety
+
+    out = local_path(output)
+    if os.path.lexists(out) and mode != "overwrite":
+        raise PipelineError(f"--output {output} already exists (use --mode overwrite to replace it)")
+    tmp = f"{out}.__tmp_{record.run_id}"
+    safety.write_marker(tmp, record.job, record.run_id)
+    record.doing = f"writing {output}"
+    try:
+        yield tmp
+        record.check_counts()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # what this run wrote itself, and nothing else
+        raise
+    record.doing = f"committing {output}"
+    old = f"{out}.__old_{record.run_id}"
+    if os.path.lexists(out):
+        if mode != "overwrite":
+            raise PipelineError(f"--output {output} appeared while the job ran (another writer?): nothing was "
+                                f"replaced; this run's result is in {tmp}")
+        if os.path.islink(out) or not safety.is_ours(out):
+            raise PipelineError(f"--output {output} was not written by sparkgan (no {safety.MARKER} in it): "
+                                f"refusing to replace it; this run's result is in {tmp}")
+        os.rename(out, old)
+    try:
+        safety.rename_noreplace(tmp, out)
+    except OSError as exc:
+        if os.path.lexists(old) and not os.path.lexists(out):
+            os.rename(old, out)
+        raise PipelineError(f"--output {output}: could not move the result into place ({exc.strerror}); "
+                            f"nothing was deleted, the result is in {tmp}") from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _atomic_remote(spark, output: str, record: "Run", mode: str):
+    """atomic_output on HDFS and object stores, through Hadoop's FileSystem."""
+    from pipeline.safety import MARKER
+
     fs = HadoopFS(spark)
     if fs.exists(output) and mode != "overwrite":
         raise PipelineError(f"--output {output} already exists (use --mode overwrite to replace it)")
     tmp = f"{output}.__tmp_{record.run_id}"
+    fs.write_text(f"{tmp}/{MARKER}", json.dumps({"job": record.job, "run_id": record.run_id}))
     record.doing = f"writing {output}"
     try:
         yield tmp
@@ -186,6 +237,8 @@ def atomic_output(spark, output: str, record: "Run", mode: str = "error"):
     record.doing = f"committing {output}"
     old = f"{output}.__old_{record.run_id}"
     if fs.exists(output):
+        if mode != "overwrite" or not fs.exists(f"{output}/{MARKER}"):
+            raise PipelineError(f"--output {output} exists and is not this run's to replace; the result is in {tmp}")
         fs.rename(output, old)
     fs.rename(tmp, output)
     fs.delete(old)
@@ -242,10 +295,55 @@ RUNS_SCHEMA = pa.schema([("run_id", pa.string()), ("job", pa.string()), ("status
                          ("metrics", pa.map_(pa.string(), pa.float64())), ("error", pa.string())])
 
 
+def _runs_row(spark, run: Run, status: str, error: str | None, ended: dt.datetime | None) -> dict:
+    conf = spark.sparkContext if spark is not None else None
+    row = (run.run_id, run.job, status, run.started_at, ended,
+           (ended - run.started_at).total_seconds() if ended else None,
+           git_rev(), socket.gethostname(), conf.master if conf else None, conf.applicationId if conf else None,
+           json.dumps(run.config, default=str, sort_keys=True), json.dumps(run.outputs, sort_keys=True),
+           run.rows_in, run.rows_out, run.rows_rejected, {k: float(v) for k, v in run.metrics.items()}, error)
+    return dict(zip(RUNS_SCHEMA.names, row))
+
+
+def write_runs_row(runs_table: str, row: dict) -> None:
+    """A run's row as its own Parquet file, `part-<run_id>.parquet`, written whole (under a hidden name,
+    then renamed over the run's earlier row: the `running` row becomes the final one). Through pyarrow's
+    filesystem, no Spark job (one costs ~0.2 s even for a row). Timestamps are INT96, as Spark writes
+    them, so files from both read as one table."""
+    fs, root = arrow_filesystem(runs_table)
+    root = root.rstrip("/")
+    fs.create_dir(root, recursive=True)
+    name = f"part-{row['run_id']}.parquet"
+    hidden = f"{root}/.{name}.inprogress"
+    pq.write_table(pa.Table.from_pylist([row], RUNS_SCHEMA), hidden, filesystem=fs,
+                   use_deprecated_int96_timestamps=True)
+    fs.move(hidden, f"{root}/{name}")
+
+
+def mark_abandoned(runs_table: str, run_ids, by: str) -> None:
+    """The `running` rows of runs that died (their leftovers were found by run `by`) become `abandoned`."""
+    fs, root = arrow_filesystem(runs_table)
+    for run_id in sorted(run_ids):
+        path = f"{root.rstrip('/')}/part-{run_id}.parquet"
+        try:
+            row = pq.read_table(path, filesystem=fs).to_pylist()[0]
+        except (OSError, IndexError, ValueError):
+            continue  # a run that died before its first row, or a row of another shape
+        if row["status"] == "running":
+            row.update(status="abandoned", ended_at=dt.datetime.now(dt.timezone.utc),
+                       error=f"abandoned: its process died; its leftovers were cleaned up by run {by}")
+            write_runs_row(runs_table, row)
+
+
 @contextlib.contextmanager
-def recorded_run(spark, runs_table: str, job: str, config: dict):
-    """Run a job body and append its row (succeeded or failed) to the runs table."""
-    run = Run(job=job, config=config)
+def recorded_run(spark, runs_table: str, job: str, config: dict, run: Run | None = None):
+    """Run a job body with its row in the runs table: `running` from the start (so a killed run is
+    visible, and later shown as abandoned), then `succeeded` or `failed`."""
+    run = run or Run(job=job, config=config)
+    try:
+        write_runs_row(runs_table, _runs_row(spark, run, "running", None, None))
+    except Exception as exc:  # a broken runs table must not stop the job; its final row says so again
+        log.error("could not write to runs table %s: %s", runs_table, exc)
     status, error = "succeeded", None
     try:
         yield run
@@ -256,14 +354,7 @@ def recorded_run(spark, runs_table: str, job: str, config: dict):
         status, error = "failed", traceback.format_exc()  # the whole trace, for whoever is on call
         raise
     finally:
-        ended = dt.datetime.now(dt.timezone.utc)
-        row = (run.run_id, job, status, run.started_at, ended, (ended - run.started_at).total_seconds(),
-               git_rev(), socket.gethostname(), spark.sparkContext.master, spark.sparkContext.applicationId,
-               json.dumps(config, default=str, sort_keys=True), json.dumps(run.outputs, sort_keys=True),
-               run.rows_in, run.rows_out, run.rows_rejected,
-               {k: float(v) for k, v in run.metrics.items()}, error)
         try:
-            HadoopFS(spark).write_parquet(runs_table, f"part-{run.run_id}.parquet",
-                                          pa.Table.from_pylist([dict(zip(RUNS_SCHEMA.names, row))], RUNS_SCHEMA))
+            write_runs_row(runs_table, _runs_row(spark, run, status, error, dt.datetime.now(dt.timezone.utc)))
         except Exception as exc:  # a broken runs table must not hide the job's own outcome
             log.error("could not append to runs table %s: %s", runs_table, exc)

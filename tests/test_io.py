@@ -13,7 +13,15 @@ def _leftovers(folder):
 
 
 def _write(spark, path, n=3):
-    spark.range(n).write.parquet(path)
+    spark.range(n).write.mode("append").parquet(path)  # the temporary output exists: it holds the marker
+
+
+def _yesterdays(spark, out, n=5):
+    """An output an earlier run of ours committed (it holds the project's marker)."""
+    from pipeline.safety import write_marker
+
+    _write(spark, out, n)
+    write_marker(out, "t", "t-20260101T000000-abcdef")
 
 
 def test_a_block_that_fails_after_writing_commits_nothing(spark, tmp_path):
@@ -29,7 +37,7 @@ def test_a_block_that_fails_after_writing_commits_nothing(spark, tmp_path):
 
 def test_unbalanced_rows_refuse_to_commit_and_keep_the_old_output(spark, tmp_path):
     out = str(tmp_path / "out")
-    _write(spark, out, 5)  # yesterday's output
+    _yesterdays(spark, out)
     record = Run(job="t", config={})
     with pytest.raises(PipelineError, match="row accounting failed: read 10, wrote 7, rejected 2; nothing was committed"):
         with atomic_output(spark, out, record, mode="overwrite") as tmp:
@@ -40,7 +48,7 @@ def test_unbalanced_rows_refuse_to_commit_and_keep_the_old_output(spark, tmp_pat
 
 def test_balanced_rows_replace_the_output(spark, tmp_path):
     out = str(tmp_path / "out")
-    _write(spark, out, 5)
+    _yesterdays(spark, out)
     record = Run(job="t", config={})
     with atomic_output(spark, out, record, mode="overwrite") as tmp:
         _write(spark, tmp, 3)

@@ -114,10 +114,12 @@ def resume_point(folder: str, mode: str, fingerprint: dict) -> tuple[tuple[str, 
     return (latest if resume else None), why
 
 
-def start_fresh(folder: str, fingerprint: dict) -> None:
-    """Drop an earlier run's checkpoints; record whose the next ones are."""
-    shutil.rmtree(local_path(folder), ignore_errors=True)
-    os.makedirs(local_path(folder))
+def start_fresh(folder: str, fingerprint: dict, run_id: str) -> None:
+    """Drop an earlier run's checkpoints (only a folder of ours: pipeline/safety.py); record whose the
+    next ones are."""
+    from pipeline.safety import fresh_folder
+
+    fresh_folder(local_path(folder), "--checkpoint-dir", "train_digits", run_id)
     with open(os.path.join(local_path(folder), FINGERPRINT), "w") as fh:
         json.dump(fingerprint, fh, sort_keys=True)
 

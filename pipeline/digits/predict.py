@@ -27,6 +27,14 @@ def validate(opts) -> None:
             raise PipelineError(f"--model {opts.model}: no saved model there (expected {' or '.join(data.MODEL_FILES)})")
         opts.model = path
     opts.engine = data.MODEL_FILES.get(os.path.basename(opts.model), "bigdl")
+    if opts.engine == "torch":
+        from pipeline.safety import load_tensors
+
+        load_tensors(opts.model, "--model")
+    elif is_local(opts.model):
+        from pipeline.safety import check_private
+
+        check_private(os.path.dirname(opts.model), "--model")
     if opts.engine == "bigdl":
         from pipeline.session import bigdl_missing
 
@@ -52,7 +60,7 @@ def run(spark, opts, record, _=None) -> dict:
             images = images.withColumn(column, F.lit(None).cast("string"))
     model = engine.load(opts.model)
     with atomic_output(spark, opts.output, record, opts.mode) as tmp:
-        engine.predict(spark, model, images, opts.batch_size).write.parquet(tmp)
+        engine.predict(spark, model, images, opts.batch_size).write.mode("append").parquet(tmp)  # tmp holds the marker
         record.rows_in, record.rows_out, record.rows_rejected = images.count(), spark.read.parquet(tmp).count(), 0
     record.outputs = {"predictions": opts.output}
     return {"engine": opts.engine, "rows_in": record.rows_in, "rows_out": record.rows_out, "predictions": opts.output}

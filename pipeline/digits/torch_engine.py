@@ -125,7 +125,8 @@ def train_worker(cfg: TrainConfig):
 
     model = ddp.wrap(LeNet5(cfg.classes), r)
     opt = _optimizer(cfg, model.parameters())
-    state = (torch.load(os.path.join(cfg.resume_from, STATE_FILE), map_location=r.device, weights_only=False)
+    # tensors and plain values only: a checkpoint folder other hosts can write must not run code here
+    state = (torch.load(os.path.join(cfg.resume_from, STATE_FILE), map_location=r.device, weights_only=True)
              if cfg.resume_from else None)
     # the schedule is the first run's, as BigDL's saved optimizer keeps it: more epochs extend it
     decay = state["decay"] if state else data.lr_decay(cfg.epochs, cfg.n_train, cfg.augment, cfg.batch_size)
@@ -168,7 +169,7 @@ def train_worker(cfg: TrainConfig):
 
 
 def load_checkpoint(folder: str) -> LeNet5:
-    state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+    state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
     model = LeNet5(state["classes"])
     model.load_state_dict(state["model"])
     return model.eval()

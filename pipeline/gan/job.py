@@ -71,6 +71,9 @@ def validate(opts):
         if not os.path.isfile(opts.vgg19_weights):
             raise PipelineError(f"--vgg19-weights {opts.vgg19_weights}: no such file")
         from pipeline.gan.models import VGG19Features
+        from pipeline.safety import load_tensors
+
+        load_tensors(opts.vgg19_weights, "--vgg19-weights")
 
         try:  # fail here, in one line, rather than in every worker
             VGG19Features(opts.vgg19_weights)
@@ -104,11 +107,11 @@ FINGERPRINT = ("model", "input", "batch_size", "lr", "width", "nz", "blocks", "c
 
 def resume_point(opts, cfg: TrainConfig) -> tuple[bool, int, str]:
     """(continue?, the checkpoint's step or 0, the line that says why) for --resume on|auto|off."""
-    import torch
+    from pipeline.safety import load_tensors
 
     found = checkpoints.latest_checkpoint(opts.checkpoint_dir) if opts.resume != "off" else None
     # mmap: only the settings and the step are read here, not the weights and Adam moments
-    state = torch.load(found, map_location="cpu", weights_only=False, mmap=True) if found else {}
+    state = load_tensors(found, "--resume: the checkpoint", mmap=True) if found else {}
     saved, current = state.get("cfg") or {}, cfg.to_dict()
     resume, why = options.resume_decision(opts.resume, found and f"{found} (step {state.get('step')})",
                                           {k: saved.get(k) for k in FINGERPRINT}, {k: current[k] for k in FINGERPRINT})
@@ -130,7 +133,9 @@ def run(spark, opts, record, _=None) -> dict:
     log.info("%s", why)
     record.metrics["resumed_from_step"] = step
     if not resume:
-        shutil.rmtree(opts.checkpoint_dir, ignore_errors=True)
+        from pipeline.safety import fresh_folder
+
+        fresh_folder(opts.checkpoint_dir, "checkpoint folder", "train_gan", record.run_id)
     cfg = dataclasses.replace(cfg, resume=resume)
     result = ddp.launch(spark, train_worker, cfg, opts.num_processes, opts.local_mode == "on",
                         opts.use_gpu == "on") or {}

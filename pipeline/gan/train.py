@@ -161,7 +161,7 @@ def _tensors(device: torch.device):
 
 
 def _resume(n: Nets, path: str) -> int:
-    state = torch.load(path, map_location=n.device, weights_only=False)
+    state = torch.load(path, map_location=n.device, weights_only=True)  # tensors and plain values: no code
     ddp.unwrap(n.G).load_state_dict(state["G"])
     ddp.unwrap(n.D).load_state_dict(state["D"])
     n.opt_g.load_state_dict(state["opt_g"])

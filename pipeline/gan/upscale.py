@@ -15,12 +15,17 @@ import numpy as np
 
 from pipeline import options
 from pipeline.errors import PipelineError
-from pipeline.gan.config import DEFAULT_TILE
-from pipeline.io import absolute, atomic_output, local_path
+from pipeline.gan.config import DEFAULT_TILE, SCALE
+from pipeline.images import MAX_PIXELS
+from pipeline.io import HadoopFS, absolute, atomic_output, local_path
 from pipeline.workers import skip_zip_rereads
 
-OUT_FIELDS = ("height", "width", "nChannels", "data_latin1", "psnr_sr", "psnr_bicubic", "ssim_sr", "ssim_bicubic")
-SCORES = OUT_FIELDS[4:]
+OUT_FIELDS = ("height", "width", "nChannels", "data_latin1", "psnr_sr", "psnr_bicubic", "ssim_sr", "ssim_bicubic",
+              "reason")
+SCORES = OUT_FIELDS[4:8]
+# --from-hr on scores SR against HR on the Y channel after a 4-pixel border crop, with an 11x11 SSIM
+# window: an HR image needs 4 + 11 + 4 pixels a side, so 20 once cut to a multiple of 4.
+MIN_HR_SIDE = 20
 
 
 def add_arguments(p) -> dict:
@@ -33,7 +38,8 @@ def add_arguments(p) -> dict:
     p.add_argument("--precision", choices=("bf16", "fp32"), help="bf16 autocast on GPUs, or fp32 (CPUs: fp32)")
     p.add_argument("--threads", type=int, help="torch threads per task")
     p.add_argument("--split", help="only the rows of this split, e.g. test (default: every row)")
-    return {**defaults, "split": None, "from_hr": "on", "batch_size": 8, "tile": DEFAULT_TILE, "precision": "bf16",
+    p.add_argument("--max-pixels", type=int, help="larger outputs are rejected rows (bounds a task's memory)")
+    return {**defaults, "split": None, "max_pixels": MAX_PIXELS, "from_hr": "on", "batch_size": 8, "tile": DEFAULT_TILE, "precision": "bf16",
             "threads": 1}
 
 
@@ -46,14 +52,28 @@ def validate(opts):
         kind = json.load(fh)["model"]
     if kind != "srgan":
         raise PipelineError(f"--generator {opts.generator}: a {kind} generator, not an SRResNet")
-    options.positive(opts, "batch_size", "threads")
+    from pipeline.safety import load_tensors
+
+    load_tensors(os.path.join(folder, "generator.pt"), "--generator")  # refused here, not in every task
+    options.positive(opts, "batch_size", "threads", "max_pixels")
     if opts.tile < 0:
         raise PipelineError(f"--tile {opts.tile}: expected 0 (whole images) or a tile side in LR pixels")
     opts.input = options.input_table(opts.input)
     options.output(opts)
 
 
-def make_predict_fn(folder: str, from_hr: bool, threads: int, tile: int, batch: int, precision: str):
+def problem(h: int, w: int, from_hr: bool, max_pixels: int) -> str | None:
+    """Why an input of h x w pixels cannot be upscaled (a rejected row's reason), or None."""
+    if from_hr and min(h, w) < MIN_HR_SIDE:
+        return f"image {h}x{w} is too small: --from-hr on needs at least {MIN_HR_SIDE}x{MIN_HR_SIDE} to score"
+    out = h * w if from_hr else h * w * SCALE * SCALE
+    if out > max_pixels:
+        return f"image too large: its {out:,}-pixel output is over --max-pixels {max_pixels:,}"
+    return None
+
+
+def make_predict_fn(folder: str, from_hr: bool, threads: int, tile: int, batch: int, precision: str,
+                    max_pixels: int = MAX_PIXELS):
     """predict_batch_udf's factory: runs once per Python worker, which may serve many tasks."""
     import torch
 
@@ -72,22 +92,34 @@ def make_predict_fn(folder: str, from_hr: bool, threads: int, tile: int, batch: 
         if device not in generators:
             generators[device] = sr.load_generator(folder, device)
         model = generators[device]
-        # a 1-row batch arrives as 0-d arrays
-        images = [im.to_rgb(im.row_to_array(int(h), int(w), int(c), d))
-                  for h, w, c, d in zip(*map(np.atleast_1d, (heights, widths, channels, datas)))]
+        images, reasons = [], []
+        for h, w, c, d in zip(*map(np.atleast_1d, (heights, widths, channels, datas))):  # 1 row: 0-d arrays
+            try:
+                reason = problem(int(h), int(w), from_hr, max_pixels)
+                arr = None if reason else im.to_rgb(im.row_to_array(int(h), int(w), int(c), d))
+            except (im.DecodeError, TypeError, ValueError) as exc:
+                reason, arr = f"undecodable image row: {exc}", None
+            reasons.append(reason)
+            if arr is not None:
+                images.append(arr)
         if from_hr:
-            results = [(out, sr.sr_scores(out, bicubic, hr))
-                       for hr, out, bicubic in sr.restore_from_hr(model, images, **options)]
+            results = iter([(out, sr.sr_scores(out, bicubic, hr))
+                            for hr, out, bicubic in sr.restore_from_hr(model, images, **options)])
         else:
-            results = [(out, dict.fromkeys(SCORES, np.nan)) for out in sr.super_resolve(model, images, **options)]
+            results = iter([(out, dict.fromkeys(SCORES, np.nan)) for out in sr.super_resolve(model, images, **options)])
         columns = {k: [] for k in OUT_FIELDS}
-        for out, scores in results:
-            rh, rw, rc, _, data = im.array_to_row(out)
-            # predict_batch_udf returns no binary type: bytes travel as a latin-1 string and
-            # Spark's encode(..., 'ISO-8859-1') turns them back into the same bytes.
-            for key, value in zip(OUT_FIELDS, (rh, rw, rc, data.decode("latin-1"), *(scores[k] for k in SCORES))):
+        for reason in reasons:
+            if reason:
+                values = (0, 0, 0, "", *(np.nan for _ in SCORES), reason)
+            else:
+                out, scores = next(results)
+                rh, rw, rc, _, data = im.array_to_row(out)
+                # predict_batch_udf returns no binary type: bytes travel as a latin-1 string and
+                # Spark's encode(..., 'ISO-8859-1') turns them back into the same bytes.
+                values = (rh, rw, rc, data.decode("latin-1"), *(scores[k] for k in SCORES), None)
+            for key, value in zip(OUT_FIELDS, values):
                 columns[key].append(value)
-        return {k: np.array(v, dtype=object if k == "data_latin1" else None) for k, v in columns.items()}
+        return {k: np.array(v, dtype=object if k in ("data_latin1", "reason") else None) for k, v in columns.items()}
     return predict
 
 
@@ -99,9 +131,10 @@ def run(spark, opts, record, _=None) -> dict:
     from pyspark.sql.types import DoubleType, IntegerType, StringType, StructField, StructType
 
     factory = partial(make_predict_fn, local_path(opts.generator), opts.from_hr == "on", opts.threads, opts.tile,
-                      opts.batch_size, opts.precision)
+                      opts.batch_size, opts.precision, opts.max_pixels)
     rtype = StructType([StructField(k, IntegerType() if k in ("height", "width", "nChannels") else
-                                    StringType() if k == "data_latin1" else DoubleType()) for k in OUT_FIELDS])
+                                    StringType() if k in ("data_latin1", "reason") else DoubleType())
+                        for k in OUT_FIELDS])
     sr_udf = predict_batch_udf(factory, return_type=rtype, batch_size=opts.batch_size)
     images = spark.read.parquet(opts.input)
     if opts.split:
@@ -114,14 +147,22 @@ def run(spark, opts, record, _=None) -> dict:
     out = (images.withColumn("sr", sr_udf("height", "width", "nChannels", "data"))
            .select(*keep, origin.alias("origin"), "sr.height", "sr.width", "sr.nChannels",
                    F.lit(16).alias("mode"), F.encode("sr.data_latin1", "ISO-8859-1").alias("data"),
-                   *(f"sr.{k}" for k in SCORES)))
+                   *(f"sr.{k}" for k in SCORES), "sr.reason"))
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(opts.batch_size * 4))
     with atomic_output(spark, opts.output, record, opts.mode) as tmp:
-        writer = out.write.partitionBy("split") if "split" in keep else out.write  # the images layout
-        writer.parquet(f"{tmp}/images")
+        # Written once with the reason column, then split: the network runs over each image once.
+        out.write.parquet(f"{tmp}/_staged")
+        staged = spark.read.parquet(f"{tmp}/_staged")
+        ok = staged.where(F.col("reason").isNull()).drop("reason")
+        (ok.write.partitionBy("split") if "split" in keep else ok.write).parquet(f"{tmp}/images")  # the images layout
+        (staged.where(F.col("reason").isNotNull())
+         .select("path", "reason", F.lit("upscale").alias("stage"), F.lit(record.run_id).alias("run_id"))
+         .coalesce(1).write.parquet(f"{tmp}/rejected"))
         written = spark.read.parquet(f"{tmp}/images")
         scores = written.select(*[F.avg(c).alias(c) for c in SCORES]).first().asDict()
-        record.rows_in, record.rows_out, record.rows_rejected = images.count(), written.count(), 0
+        record.rows_in, record.rows_out = images.count(), written.count()
+        record.rows_rejected = spark.read.parquet(f"{tmp}/rejected").count()
+        HadoopFS(spark).delete(f"{tmp}/_staged")
     record.metrics = {k: v for k, v in scores.items() if v is not None}
-    record.outputs = {"images": f"{opts.output}/images"}
+    record.outputs = {"images": f"{opts.output}/images", "rejected": f"{opts.output}/rejected"}
     return {"rows": record.rows_out, **{k: round(v, 4) for k, v in record.metrics.items()}, **record.outputs}
