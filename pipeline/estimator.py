@@ -7,9 +7,8 @@ Where it trains, and why: like sparkdl, the images are decoded on the executors 
 collected once to the driver; unlike sparkdl (one RDD task per param map), the arrays go to one
 .npz file under `stagingDir` and `fitMultiple` starts one Spark job with one task per param map
 (`spark.range(n, numPartitions=n).mapInPandas`), each task loading the .npz, compiling the model
-from the Params and fitting it, then writing the trained model next to the data. DataFrame-only
-APIs, so it runs on Spark Connect too, and the training runs where Spark has cores, not in the
-driver. The data must fit in one task's memory (it is one Keras `fit`), and `stagingDir` must be a
+from the Params and fitting it, then writing the trained model next to the data. Only DataFrame
+APIs (no RDD, no broadcast), and the training runs where Spark has cores, not in the driver. The data must fit in one task's memory (it is one Keras `fit`), and `stagingDir` must be a
 path every executor reads and writes (local temp is only right for local mode or one machine).
 """
 
@@ -29,8 +28,8 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasLabelCol, HasOutputCol, HasPredictionCol, HasSeed
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
-from pipeline.featurize import _positive, set_tf_threads
-from pipeline.keras_files import (KerasImageFileTransformer, _callable, _Reader, _Writer, input_columns,
+from pipeline.featurize import set_tf_threads
+from pipeline.keras_files import (KerasImageFileTransformer, _callable, input_columns,
                                   load_keras_model, model_inputs, read_uri, write_uri)
 from pipeline.workers import skip_zip_rereads
 

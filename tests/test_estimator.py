@@ -37,6 +37,25 @@ def digit_model(tmp_path_factory):
     return str(path)
 
 
+def test_fit_trains_in_a_task_and_the_model_saves_its_file(spark, digits, digit_model, tmp_path):
+    train, test = digits
+    est = KerasImageFileEstimator(modelFile=digit_model, learningRate=0.03, stagingDir=str(tmp_path / "staging"),
+                                  kerasFitParams={"epochs": 3, "batch_size": 32, "verbose": 0})
+    model = est.fit(train)
+    assert model.history["pid"] != os.getpid() and len(model.history["loss"]) == 3
+    assert model.history["loss"][-1] < model.history["loss"][0]
+    assert model.getTrainingConfig()["learningRate"] == 0.03
+    scored = model.transform(test).orderBy("uri").collect()
+    assert np.mean([r.prediction == r.label for r in scored]) > 0.8  # 297 held-out real digits
+    model.write().overwrite().save(str(tmp_path / "model"))
+    import shutil
+    shutil.rmtree(tmp_path / "staging")
+    loaded = KerasImageFileModel.load(str(tmp_path / "model"))
+    assert loaded.getModelFile() == str(tmp_path / "model" / "model.keras")
+    assert [r.prediction for r in loaded.transform(test).orderBy("uri").collect()] == [r.prediction for r in scored]
+
+
+@pytest.mark.slow
 def test_cross_validator_picks_the_better_learning_rate_and_saves(spark, digits, digit_model, tmp_path):
     from pyspark.ml import Pipeline, PipelineModel
     from pyspark.ml.evaluation import MulticlassClassificationEvaluator
