@@ -148,6 +148,9 @@ class _Writer(DefaultParamsWriter):
 
 
 class _Reader(DefaultParamsReader):
+    """Unpickles a saved custom loader (only a folder this project's writer made, and that you trust,
+    should be loaded: pickle runs code); a stage saved with the default loader has no pickle."""
+
     def load(self, path):
         import pickle
 
