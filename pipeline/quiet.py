@@ -5,7 +5,8 @@ SPARKGAN_VERBOSE=1) brings all of it back:
 
 * Spark's INFO lines: conf/log4j2.properties. Under `python -m pipeline` the JVM starts with it
   (session.base_conf); under spark-submit the JVM is already up when Python starts, so the file
-  is loaded into its running log4j2 before the SparkContext logs anything (`use_log4j2_file`).
+  is loaded into its running log4j2 before the SparkContext logs anything, in a way Spark 4's
+  logging reset keeps (`use_log4j2_file`).
 * BigDL's Python side `print`s a `creating: ...` line per layer and object: those prints become
   DEBUG records of the `bigdl` logger (`bigdl_prints_to_log`). Its JVM side `println`s pickler
   registrations and deprecations to the JVM's stdout: that stream goes to a file in LOG_DIR
@@ -23,6 +24,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 
 VERBOSE_ENV = "SPARKGAN_VERBOSE"
 TF_LEVEL = "2"  # TensorFlow C++: errors only
@@ -48,6 +50,10 @@ def configure(verbose_flag: bool = False) -> None:
     logging.getLogger("py4j").setLevel(logging.WARNING)
     if not loud:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LEVEL)
+        # pyspark 4 warns on every pandas UDF that pandas 3 is not fully supported; the Spark 4
+        # stack pins pandas 3 and its tests run every job on it, so the warning says nothing new
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas",
+                                category=FutureWarning)
 
 
 def spark_settings() -> dict[str, str]:
@@ -65,8 +71,25 @@ def use_log4j2_file(jvm, path) -> None:
     (-Dlog4j2.configurationFile in --driver-java-options) or asked for --verbose."""
     if verbose() or jvm.java.lang.System.getProperty("log4j2.configurationFile"):
         return
-    jvm.org.apache.logging.log4j.core.config.Configurator.reconfigure(
-        jvm.java.net.URI.create(f"file:{path}"))
+    log4j = jvm.org.apache.logging.log4j
+    log4j.core.config.Configurator.reconfigure(jvm.java.net.URI.create(f"file:{path}"))
+    _keep_spark_from_resetting(jvm, log4j.LogManager.getRootLogger().getLevel())
+
+
+def _keep_spark_from_resetting(jvm, level) -> None:
+    """Spark 4's SparkContext resets its logging on start (Logging.uninitialize: reload Spark's own
+    default profile if that is what spark-submit started with, else put the root level recorded
+    then back), which would undo the file just loaded. Its Logging object keeps both facts in
+    fields with public Scala accessors: record the loaded file's state as the one to keep.
+    Spark 3.5 does not reset; there the accessors may be missing, and nothing needs doing."""
+    from py4j.protocol import Py4JError
+
+    try:
+        spark_logging = getattr(getattr(jvm.org.apache.spark.internal, "Logging$"), "MODULE$")
+        getattr(spark_logging, "org$apache$spark$internal$Logging$$defaultSparkLog4jConfig_$eq")(False)
+        getattr(spark_logging, "org$apache$spark$internal$Logging$$defaultRootLevel_$eq")(level)
+    except Py4JError:
+        log.debug("Spark's Logging has no reset state to set (Spark 3.5)")
 
 
 def jvm_stdout_to_file(spark_conf, app_name: str) -> str | None:

@@ -120,6 +120,7 @@ def test_spark_submit_is_quiet_and_verbose_brings_the_log_back(tmp_path):
                "--source", "digits", "--output", str(tmp_path / f"digits{len(extra)}"),
                "--runs-table", str(tmp_path / "runs"), *extra]
         env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "SPARKGAN_VERBOSE")}
+        env["PATH"] = BIN + os.pathsep + env.get("PATH", "")  # spark-submit finds Spark through the venv's python
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
 
     quiet = submit()
