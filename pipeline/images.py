@@ -11,14 +11,14 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.schemas import IMAGE_SCHEMA, REJECTED_SCHEMA, ddl
+
 # OpenCV type codes used by Spark's ImageSchema for 8-bit images, by channel count.
 OCV_MODES = {1: 0, 3: 16, 4: 24}
 
-IMAGE_COLUMNS = ["path", "origin", "label", "label_index", "height", "width", "nChannels", "mode",
-                 "data", "split"]
-IMAGE_DDL = ("path string, origin string, label string, label_index int, height int, width int, "
-             "nChannels int, mode int, data binary, split string")
-REJECTED_DDL = "path string, reason string, stage string, run_id string"
+IMAGE_COLUMNS = IMAGE_SCHEMA.names
+IMAGE_DDL = ddl(IMAGE_SCHEMA)
+REJECTED_DDL = ddl(REJECTED_SCHEMA)
 
 
 class DecodeError(ValueError):
@@ -39,7 +39,7 @@ def array_to_row(arr: np.ndarray) -> tuple[int, int, int, int, bytes]:
         arr = arr[:, :, [2, 1, 0, 3]]
     elif c != 1:
         raise DecodeError(f"unsupported channel count {c}")
-    return h, w, c, OCV_MODES[c], np.ascontiguousarray(arr).tobytes()
+    return h, w, c, OCV_MODES[c], arr.tobytes()  # C order whatever the view's strides: one copy
 
 
 def row_to_array(height: int, width: int, n_channels: int, data: bytes, *, rgb: bool = True) -> np.ndarray:

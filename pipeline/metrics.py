@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.schemas import METRICS_SCHEMA, ddl
+
 
 def confusion(predictions, label_col: str = "label_index", pred_col: str = "prediction",
               classes: int | None = None) -> np.ndarray:
@@ -25,7 +27,7 @@ def metric_rows(run_id: str, rows: list[tuple[int, str, float]]):
     return [(run_id, int(step), name, float(value)) for step, name, value in rows]
 
 
-METRICS_DDL = "run_id string, step long, name string, value double"
+METRICS_DDL = ddl(METRICS_SCHEMA)
 
 
 def rgb_to_y(img: np.ndarray) -> np.ndarray:

@@ -18,10 +18,9 @@ from __future__ import annotations
 import pyarrow as pa
 
 from pipeline.io import arrow_filesystem
+from pipeline.schemas import MANIFEST_SCHEMA, ddl
 
-MANIFEST_SCHEMA = pa.schema([("table", pa.string()), ("staged", pa.string()), ("file", pa.string()),
-                             ("rows", pa.int64())])
-MANIFEST_DDL = ", ".join(f"{f.name} {'long' if f.type == pa.int64() else 'string'}" for f in MANIFEST_SCHEMA)
+MANIFEST_DDL = ddl(MANIFEST_SCHEMA)
 TEMPORARY = "_temporary"
 ROW_GROUP_BYTES = 32 << 20  # rows are buffered to row groups of about this size
 
@@ -76,9 +75,13 @@ class _File:
         if self._writer is None:
             self._fs.create_dir(self._path.rsplit("/", 1)[0], recursive=True)
             # dictionaries only where values repeat: pixels and paths would be tried and dropped
+            # no min/max statistics of the pixel bytes: pyarrow copies each value for them, which made
+            # a 40-megapixel image cost a worker ~6 copies of itself (bench/limits.py), and no reader
+            # filters on pixels
             self._writer = pq.ParquetWriter(self._path, self._schema, filesystem=self._fs,
                                             use_dictionary=[f.name for f in self._schema
-                                                            if f.name in ("label", "reason", "stage", "run_id")])
+                                                            if f.name in ("label", "reason", "stage", "run_id")],
+                                            write_statistics=[f.name for f in self._schema if f.name != "data"])
         self._writer.write_table(pa.Table.from_batches(self._buffer, self._schema))
         self._buffer, self._bytes = [], 0
 

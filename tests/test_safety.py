@@ -376,3 +376,22 @@ def test_upscale_rejects_images_too_small_to_score(spark, cli, tmp_path):
     assert (bad.path, bad.stage) == ("small", "upscale") and "12x12 is too small" in bad.reason
     run = pq.read_table(tmp_path / "runs").to_pylist()[-1]
     assert (run["rows_in"], run["rows_out"], run["rows_rejected"]) == (2, 1, 1)
+
+
+def test_train_gan_records_the_rows_it_cannot_train_on(spark, cli, tmp_path):
+    import pyarrow as pa
+
+    table = digits_table(tmp_path / "digits", 64, 8)
+    odd = [{"path": "broken", "origin": None, "label": None, "label_index": None, "height": 8, "width": 8,
+            "nChannels": 1, "mode": 0, "data": b"\x00" * 10, "split": "train"},
+           {"path": "big", "origin": None, "label": None, "label_index": None, "height": 10, "width": 10,
+            "nChannels": 1, "mode": 0, "data": b"\x00" * 100, "split": "train"}]
+    pq.write_to_dataset(pa.Table.from_pylist(odd), table, partition_cols=["split"])
+    code, _, err = cli("train_gan", "--model", "dcgan", "--input", table, "--output", tmp_path / "dc", "--steps", 3,
+                       "--batch-size", 16, "--num-processes", 1, "--local-mode", "on", "--max-pixels", 80)
+    assert code == 0, err
+    reasons = {r.path: (r.reason, r.stage) for r in spark.read.parquet(f"{tmp_path}/dc/rejected").collect()}
+    assert reasons == {"broken": ("undecodable image row: data has 10 bytes, expected 64 for 8x8x1", "train"),
+                       "big": ("image too large: 10x10 is 100 pixels, over --max-pixels 80", "train")}
+    run = pq.read_table(tmp_path / "runs").to_pylist()[-1]
+    assert (run["status"], run["rows_in"], run["rows_out"], run["rows_rejected"]) == ("succeeded", 66, 64, 2)

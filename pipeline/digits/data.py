@@ -18,12 +18,13 @@ import numpy as np
 from pipeline import images as im
 from pipeline.errors import PipelineError
 from pipeline.io import local_path
+from pipeline.schemas import PREDICTIONS_SCHEMA, ddl
 
 log = logging.getLogger("pipeline.digits")
 
 MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics (of x/255), the usual LeNet normalisation
 SIZE = 28
-PREDICTIONS_DDL = "path string, label string, label_index int, prediction int, probability array<float>, split string"
+PREDICTIONS_DDL = ddl(PREDICTIONS_SCHEMA)
 KEY_COLUMNS = ("path", "label", "label_index", "split")
 PIXEL_COLUMNS = ("height", "width", "nChannels", "data")
 # what each engine saves in OUTPUT/model/, and so how predict_digits tells them apart

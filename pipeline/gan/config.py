@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from pipeline.images import MAX_PIXELS
+
 # SRGAN's generator loss (Ledig et al., 2017): pixel MSE + VGG_LOSS_WEIGHT * VGG54 feature MSE
 # (the paper rescales the features by 1/12.75, a weight of 1/12.75**2 ~ 0.006 on their MSE),
 # plus ADVERSARIAL_LOSS_WEIGHT * the adversarial term in the GAN stage.
@@ -44,6 +46,7 @@ class TrainConfig:
     log_every: int = 50
     sample_every: int = 100         # DCGAN sample grids (the job sets one epoch)
     prefetch: int = 4               # batches prepared ahead on a background thread (0: inline)
+    max_pixels: int = MAX_PIXELS    # larger rows are skipped (and recorded as rejected by the job)
 
     def to_dict(self) -> dict:
         """Plain values, for checkpoints (read back without this class)."""

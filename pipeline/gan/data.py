@@ -41,8 +41,22 @@ def shard_files(table: str, split: str, rank: int, world: int) -> tuple[pafs.Fil
     return fs, files, True
 
 
-def iter_images(table: str, split: str, rank: int, world: int, seed: int):
-    """Endless RGB-or-gray uint8 arrays of this rank's shard, reshuffled every pass."""
+def row_problem(h: int, w: int, c: int, nbytes: int, min_side: int, max_pixels: int = im.MAX_PIXELS) -> str | None:
+    """Why an images-table row cannot be trained on (its reason as a rejected row), or None. The driver
+    counts and records these rows (pipeline.gan.job); every rank skips them with this same test."""
+    if h * w > max_pixels:
+        return f"image too large: {h}x{w} is {h * w:,} pixels, over --max-pixels {max_pixels:,}"
+    if nbytes != h * w * c:
+        return f"undecodable image row: data has {nbytes} bytes, expected {h * w * c} for {h}x{w}x{c}"
+    if min(h, w) < min_side:
+        return f"image {h}x{w} is too small: training needs at least {min_side} pixels a side"
+    return None
+
+
+def iter_images(table: str, split: str, rank: int, world: int, seed: int, min_side: int = 1,
+                max_pixels: int = im.MAX_PIXELS):
+    """Endless RGB-or-gray uint8 arrays of this rank's shard, reshuffled every pass; rows with a
+    `row_problem` are skipped (the job has recorded them as rejected)."""
     fs, files, by_row = shard_files(table, split, rank, world)
     rng = random.Random(seed * 1000 + rank)
     while True:
@@ -52,7 +66,8 @@ def iter_images(table: str, split: str, rank: int, world: int, seed: int):
             with fs.open_input_file(path) as fh:
                 for batch in pq.ParquetFile(fh).iter_batches(batch_size=256, columns=COLUMNS):
                     for i, (h, w, c, d) in enumerate(zip(*(batch.column(k).to_pylist() for k in COLUMNS))):
-                        if by_row and i % world != rank:
+                        if (by_row and i % world != rank) or row_problem(h, w, c, len(d or b""), min_side,
+                                                                             max_pixels):
                             continue
                         buffer.append(im.row_to_array(h, w, c, d))
                     if len(buffer) >= 1024:
@@ -63,14 +78,21 @@ def iter_images(table: str, split: str, rank: int, world: int, seed: int):
         yield from buffer
 
 
-def digit_batches(table: str, rank: int, world: int, batch: int, seed: int = 0, size: int = 32):
+def digit_batches(table: str, rank: int, world: int, batch: int, seed: int = 0, size: int = 32,
+                  max_pixels: int = im.MAX_PIXELS):
     """DCGAN batches: gray images resized to size x size, scaled to [-1, 1], as Bx1xHxW float32."""
-    stream = iter_images(table, "train", rank, world, seed)
+    stream = iter_images(table, "train", rank, world, seed, 1, max_pixels)
     while True:
         out = np.empty((batch, 1, size, size), np.float32)
         for k in range(batch):
             out[k, 0] = im.resize_array(im.to_gray(next(stream)), (size, size)) / 127.5 - 1.0
         yield out
+
+
+def min_side(crop: int) -> int:
+    """The shortest image side SRGAN trains on: smaller ones would be enlarged more than twice to fit
+    an HR crop, which teaches the network to undo an upscale, not a camera's detail."""
+    return crop // 2
 
 
 def sr_pair(arr: np.ndarray, crop: int, scale: int, rng: np.random.Generator):
@@ -94,9 +116,9 @@ def sr_pair(arr: np.ndarray, crop: int, scale: int, rng: np.random.Generator):
 
 
 def sr_batches(table: str, rank: int, world: int, batch: int, crop: int = 96, scale: int = 4, seed: int = 0,
-               crops_per_image: int = 4):
+               crops_per_image: int = 4, max_pixels: int = im.MAX_PIXELS):
     """SRGAN batches (LR Bx3x(crop/4)^2, HR Bx3xcrop^2); a few crops per decoded image."""
-    stream = iter_images(table, "train", rank, world, seed)
+    stream = iter_images(table, "train", rank, world, seed, min_side(crop), max_pixels)
     rng = np.random.default_rng(seed * 1000 + rank)
     pending = []
     while True:

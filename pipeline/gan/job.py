@@ -17,8 +17,9 @@ import numpy as np
 
 from pipeline import options
 from pipeline.errors import PipelineError
-from pipeline.gan import checkpoints
+from pipeline.gan import checkpoints, data
 from pipeline.gan.config import TrainConfig
+from pipeline.images import MAX_PIXELS
 from pipeline.io import absolute, atomic_output, is_local, local_path
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ def add_arguments(p) -> dict:
             ("--prefetch", int, "batches each process prepares ahead on a thread (0: inline)"),
             ("--checkpoint-every", int, "steps between checkpoints"),
             ("--log-every", int, "steps between metric rows / log lines"),
-            ("--seed", int, "random seed")):
+            ("--seed", int, "random seed"),
+            ("--max-pixels", int, "larger images are rejected rows (bounds a rank's memory)")):
         p.add_argument(flag, type=kind, help=text)
     p.add_argument("--bicubic-skip", choices=("on", "off"), help="SRResNet predicts the residual over bicubic")
     p.add_argument("--vgg19-weights", help="local VGG19 state dict (torchvision layout) to add the VGG loss")
@@ -52,7 +54,8 @@ def add_arguments(p) -> dict:
     # None: the model's default (DEFAULTS)
     return {**defaults, "model": "dcgan", "steps": None, "batch_size": None, "lr": None, "width": None,
             "blocks": 16, "crop": 96, "pretrain_steps": None, "bicubic_skip": "on", "vgg19_weights": None,
-            "prefetch": 4, "checkpoint_every": 100, "log_every": None, "seed": 0}
+            "prefetch": 4, "checkpoint_every": 100, "log_every": None, "seed": 0,
+            "max_pixels": MAX_PIXELS}
 
 
 def validate(opts):
@@ -61,7 +64,7 @@ def validate(opts):
             setattr(opts, key, value)
     if opts.pretrain_steps is None:
         opts.pretrain_steps = opts.steps * 2 // 3 if opts.model == "srgan" else 0
-    options.positive(opts, "steps", "batch_size", "checkpoint_every", "log_every", "width", "blocks")
+    options.positive(opts, "steps", "batch_size", "checkpoint_every", "log_every", "width", "blocks", "max_pixels")
     options.check_distributor(opts)
     if opts.prefetch < 0:
         raise PipelineError(f"--prefetch {opts.prefetch}: expected 0 (inline) or more")
@@ -96,7 +99,7 @@ def worker_config(opts, steps_per_epoch: int, threads: int) -> TrainConfig:
         pretrain_steps=opts.pretrain_steps, bicubic_skip=opts.bicubic_skip == "on", vgg19_weights=opts.vgg19_weights,
         use_gpu=opts.use_gpu == "on", threads=threads, seed=opts.seed,
         checkpoint_every=opts.checkpoint_every, log_every=opts.log_every, sample_every=steps_per_epoch,
-        prefetch=opts.prefetch)
+        prefetch=opts.prefetch, max_pixels=opts.max_pixels)
 
 
 # What a checkpoint must share with this run to be continued: the model, the data and the shapes.
@@ -125,9 +128,16 @@ def run(spark, opts, record, _=None) -> dict:
     from pipeline.gan.train import train_worker
 
     images = spark.read.parquet(opts.input)
-    n_train = images.where(F.col("split") == "train").count()
+    train = images.where(F.col("split") == "train")
+    rejected = unusable(train, data.min_side(opts.crop) if opts.model == "srgan" else 1, opts.max_pixels).cache()
+    n_rows, n_bad = train.count(), rejected.count()
+    n_train = n_rows - n_bad
     if n_train == 0:
-        raise PipelineError(f"--input {opts.input}: the train split is empty")
+        raise PipelineError(f"--input {opts.input}: the train split has no image to train on "
+                            f"({n_rows} rows, {n_bad} rejected)")
+    if n_bad:
+        log.warning("%d of %d training rows cannot be trained on; they go to %s/rejected", n_bad, n_rows,
+                    opts.output)
     cfg = worker_config(opts, max(1, n_train // opts.batch_size), options.threads_per_process(spark, opts))
     resume, step, why = resume_point(opts, cfg)
     log.info("%s", why)
@@ -140,10 +150,30 @@ def run(spark, opts, record, _=None) -> dict:
     result = ddp.launch(spark, train_worker, cfg, opts.num_processes, opts.local_mode == "on",
                         opts.use_gpu == "on") or {}
     log.info("training finished: %s", result)
-    return write_outputs(spark, opts, record, images, n_train, cfg)
+    return write_outputs(spark, opts, record, images, (n_rows, rejected), cfg)
 
 
-def write_outputs(spark, opts, record, images, n_train, cfg: TrainConfig) -> dict:
+def unusable(train, min_side: int, max_pixels: int):
+    """The training rows the ranks skip (pipeline.gan.data.row_problem, applied to each row's sizes
+    only: no pixel leaves the executors), as rows of the rejected contract."""
+    import pyarrow as pa
+
+    from pipeline.gan.data import row_problem
+    from pipeline.schemas import REJECTED_SCHEMA
+
+    def reasons(batches):
+        for b in batches:
+            cols = [b.column(k).to_pylist() for k in ("path", "height", "width", "nChannels", "nbytes")]
+            rows = [(p, r) for p, h, w, c, n in zip(*cols) if (r := row_problem(h, w, c, n or 0, min_side, max_pixels))]
+            yield pa.RecordBatch.from_arrays([pa.array([p for p, _ in rows], pa.string()),
+                                              pa.array([r for _, r in rows], pa.string()),
+                                              pa.array(["train"] * len(rows), pa.string()),
+                                              pa.array([None] * len(rows), pa.string())], schema=REJECTED_SCHEMA)
+    return (train.selectExpr("path", "height", "width", "nChannels", "length(data) AS nbytes")
+            .mapInArrow(reasons, "path string, reason string, stage string, run_id string"))
+
+
+def write_outputs(spark, opts, record, images, counted, cfg: TrainConfig) -> dict:
     from pipeline import metrics, plots
 
     rows = checkpoints.read_metrics(opts.checkpoint_dir)
@@ -165,7 +195,13 @@ def write_outputs(spark, opts, record, images, n_train, cfg: TrainConfig) -> dic
             write_samples(spark, opts.checkpoint_dir, tmp, record.run_id)
         else:
             summary = sr_previews(images, local)
-        record.rows_in = n_train  # a model, not rows of the input: nothing to balance
+        n_rows, rejected = counted
+        from pyspark.sql import functions as F
+
+        rejected.withColumn("run_id", F.lit(record.run_id)).coalesce(1).write.parquet(f"{tmp}/rejected")
+        # the rows trained on, and the rows skipped: every training row is one or the other
+        record.rows_in, record.rows_rejected = n_rows, spark.read.parquet(f"{tmp}/rejected").count()
+        record.rows_out = n_rows - record.rows_rejected
     last = {r["name"]: r["value"] for r in rows}
     record.metrics.update({**last, **summary})
     record.outputs = {"generator": f"{opts.output}/generator.pt", "metrics": f"{opts.output}/metrics",

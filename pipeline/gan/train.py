@@ -69,7 +69,7 @@ def build_dcgan(cfg: TrainConfig, r: ddp.Rank):
 
 
 def dcgan_batches(cfg: TrainConfig, rank: int, world: int, batch: int):
-    return ((real,) for real in data.digit_batches(cfg.input, rank, world, batch, cfg.seed))
+    return ((real,) for real in data.digit_batches(cfg.input, rank, world, batch, cfg.seed, max_pixels=cfg.max_pixels))
 
 
 def dcgan_step(n: Nets, step: int, batch) -> dict[str, float]:
@@ -106,7 +106,7 @@ def build_srgan(cfg: TrainConfig, r: ddp.Rank):
 
 
 def srgan_batches(cfg: TrainConfig, rank: int, world: int, batch: int):
-    return data.sr_batches(cfg.input, rank, world, batch, cfg.crop, SCALE, cfg.seed)
+    return data.sr_batches(cfg.input, rank, world, batch, cfg.crop, SCALE, cfg.seed, max_pixels=cfg.max_pixels)
 
 
 def srgan_step(n: Nets, step: int, batch) -> dict[str, float]:
