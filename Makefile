@@ -20,8 +20,11 @@ PIP   := $(BIN)/python -m pip install -q --disable-pip-version-check -c $(CONSTR
 
 AIRFLOW_VENV  := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-stamp
+# Spark Connect's thin client (pyspark-client: no JVM, no jars), for the Spark 4 stack's tests
+CLIENT_VENV  := .venv-client
+CLIENT_STAMP := $(CLIENT_VENV)/.installed-stamp
 
-.PHONY: setup airflow-setup demo test test-fast test-cluster mutation bench dist lint clean
+.PHONY: setup airflow-setup client-setup demo test test-fast test-cluster mutation bench dist lint clean
 
 setup: $(STAMP)
 
@@ -39,7 +42,17 @@ $(STAMP): $(CONSTRAINTS) setup.py requirements-dev.txt requirements-bigdl.txt
 ifeq ($(STACK),spark35)
 	@# BigDL's metadata pins an old pyspark/numpy that would break the stack: no deps.
 	$(PIP) --no-deps -r requirements-bigdl.txt
+else
+	@# Spark Connect's client side (grpcio, ...): the server jar ships in the pyspark wheel
+	$(PIP) 'pyspark[connect]'
 endif
+	touch $@
+
+client-setup: $(CLIENT_STAMP)
+
+$(CLIENT_STAMP): constraints/client.txt
+	test -x $(CLIENT_VENV)/bin/python || $(PYTHON) -m venv $(CLIENT_VENV)
+	$(CLIENT_VENV)/bin/python -m pip install -q --disable-pip-version-check -r constraints/client.txt
 	touch $@
 
 demo: $(STAMP)
@@ -56,7 +69,8 @@ demo: $(STAMP)
 	@echo; echo "== demo summary (runs table out/runs) =="
 	@$(BIN)/python -m pipeline.runs out/runs --last 8
 
-test: $(STAMP) $(AIRFLOW_STAMP)
+TEST_NEEDS := $(STAMP) $(AIRFLOW_STAMP) $(if $(filter spark4,$(STACK)),$(CLIENT_STAMP))
+test: $(TEST_NEEDS)
 	$(BIN)/python -m pytest -q -rs --durations=12 tests
 
 test-fast: $(STAMP)

@@ -20,7 +20,9 @@ setup(
     packages=["pipeline", "pipeline.demos", "pipeline.digits", "pipeline.gan", "pipeline.conf"],
     # conf/ ships inside the wheel as pipeline/conf, so an installed package finds its profiles.
     package_dir={"pipeline.conf": "conf"},
-    package_data={"pipeline.conf": ["*.yaml", "*.properties", "*.conf", "*.sh"]},
+    # imagenet_class_index.json: Keras' ImageNet class names for DeepImagePredictor (docs/sparkdl.md)
+    package_data={"pipeline": ["imagenet_class_index.json"],
+                  "pipeline.conf": ["*.yaml", "*.properties", "*.conf", "*.sh"]},
     install_requires=[
         "pyspark>=3.5,<5",
         "numpy>=1.26",

@@ -41,7 +41,9 @@ def spark_job(job: str, *args: str, bigdl: bool = False, incremental: bool = Fal
     return SparkSubmitOperator(
         task_id=kwargs.pop("task_id", job),
         application=os.path.join(HOME, "jobs", f"{job}.py"),
+        # params.remote (conf/airflow.yaml): a Spark Connect server for every task; empty: classic Spark
         application_args=[*args, "--conf-file", PROFILE, "--runs-table", f"{DATA}/runs",
+                          "--conf", "spark.remote={{ params.remote }}",
                           *(["--incremental"] if incremental else ["--mode", "overwrite"])],
         conn_id=SETTINGS["conn_id"],
         conf={"spark.driver.extraJavaOptions": LOG4J, "spark.executor.extraJavaOptions": LOG4J,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -35,7 +36,7 @@ JOBS = {
     "upscale": JobSpec("pipeline.gan.upscale", "batch 4x super-resolution with a trained SRResNet"),
 }
 
-COMMON = ("job", "conf_file", "conf", "runs_table")
+COMMON = ("job", "conf_file", "conf", "runs_table", "verbose", "remote")
 
 
 class Parser(argparse.ArgumentParser):
@@ -55,6 +56,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict, dict]:
         sp.add_argument("--conf", action="append", default=[], metavar="spark.KEY=VALUE",
                         help="Spark setting overriding the profile (repeatable)")
         sp.add_argument("--runs-table", help="Parquet table that gets this run's row (default: profile's)")
+        sp.add_argument("--remote", metavar="sc://HOST:PORT",
+                        help="run on a Spark Connect server (also: SPARK_REMOTE, or spark.api.mode=connect for one "
+                             "started in the driver); default: a classic session")
+        sp.add_argument("--verbose", action="store_true",
+                        help="also print Spark's INFO log, BigDL's and TensorFlow's start-up output "
+                             "(default: only the job's progress, Spark's progress bar and warnings)")
         # None marks "not given", so the profile can fill it (see config.resolve_options).
         sp.set_defaults(**{dest: None for dest in defaults[name]})
         parsers[name] = sp
@@ -74,21 +81,58 @@ class Progress:
 
 
 def run_job(name: str, opts: argparse.Namespace, profile, progress: Progress) -> dict:
-    from pipeline.io import absolute, recorded_run
-    from pipeline.session import get_session
+    from pipeline import safety
+    from pipeline.io import Run, absolute, is_local, local_path, mark_abandoned, recorded_run
+    from pipeline.session import get_session, scoped_conf
 
     mod = importlib.import_module(JOBS[name].module)
     progress.doing = "checking its options"
     prepared = mod.validate(opts)  # every check that needs no Spark, before a JVM starts
     uses_bigdl = getattr(mod, "uses_bigdl", lambda _: False)
     progress.runs_table = absolute(opts.runs_table or profile.runs_table)
-    progress.doing = "starting Spark"
-    spark = get_session(profile, f"sparkgan-{name}", bigdl=uses_bigdl(opts))
+    inputs, outputs = safety.job_paths(opts)
+    safety.check_paths(inputs, {**outputs, "--runs-table": progress.runs_table})
+    safety.check_replaceable(outputs, getattr(opts, "mode", "error"))
     config = {k: v for k, v in vars(opts).items() if k not in COMMON}
-    with recorded_run(spark, progress.runs_table, name, config) as record:
-        progress.record = record
-        summary = mod.run(spark, opts, record, prepared)
+    run = Run(job=name, config=config)
+    with leases(run, outputs) as held:
+        progress.doing = "starting Spark"
+        spark = get_session(profile, f"sparkgan-{name}", bigdl=uses_bigdl(opts))
+        run.outputs = {"lease": held[0].path} if held else {}
+        with recorded_run(spark, progress.runs_table, name, config, run) as record:
+            progress.record = record
+            dead = set()
+            for option, path in outputs.items():
+                if is_local(path):
+                    dead |= safety.recover(local_path(path), option)
+            for lease in held:
+                if lease.taken_from is not None:
+                    dead.add(lease.taken_from.run_id)
+            if dead:
+                mark_abandoned(progress.runs_table, dead, record.run_id)
+            with scoped_conf(spark):  # the job's own Spark settings end with it (pipeline.session.set_conf)
+                summary = mod.run(spark, opts, record, prepared)
     return {"run_id": record.run_id, **summary, "runs_table": progress.runs_table}
+
+
+@contextlib.contextmanager
+def leases(run, outputs: dict[str, str]):
+    """The lease on every local path the job writes, for as long as it runs (pipeline/safety.py)."""
+    from pipeline import safety
+    from pipeline.io import is_local, local_path
+
+    held = []
+    try:
+        for option, path in outputs.items():
+            if is_local(path):
+                held.append(safety.Lease(local_path(path), run.run_id, option).acquire())
+            else:
+                log.info("%s %s: not a local path, so no lease is taken (one writer per output is the "
+                         "scheduler's to ensure)", option, path)
+        yield held
+    finally:
+        for lease in held:
+            lease.release()
 
 
 def cause(exc: BaseException) -> str:
@@ -126,14 +170,18 @@ def trace_file(progress: Progress, job: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("py4j").setLevel(logging.WARNING)
+    from pipeline import helptext, quiet
+
+    argv = sys.argv[1:] if argv is None else argv
+    quiet.configure("--verbose" in argv)  # before anything logs, Spark's JVM included
     parser, parsers, defaults = build_parser()
+    helptext.annotate(parsers, defaults, {name: spec.module for name, spec in JOBS.items()}, argv)
     args = parser.parse_args(argv)
     progress = Progress()
     try:
         profile = load_profile(args.conf_file, args.conf, args.job)
+        if args.remote:
+            profile.spark["spark.remote"] = args.remote
         opts = resolve_options(args, parsers[args.job], defaults[args.job], profile, args.job)
         summary = run_job(args.job, opts, profile, progress)
     except PipelineError as exc:
@@ -171,16 +219,25 @@ def submit_main(argv: list[str] | None = None) -> int:
         code = main(argv)
         return code
     finally:
-        from pyspark import SparkContext
+        from pipeline.session import stop_connect
 
-        sc = SparkContext._active_spark_context
-        if sc is not None:
-            gateway = sc._gateway
-            sc.stop()
-            if "PYSPARK_GATEWAY_PORT" in os.environ:  # spark-submit's JVM, not one we launched
-                sys.stdout.flush()
-                sys.stderr.flush()
-                try:
-                    gateway.jvm.System.exit(code)
-                except Exception:  # the JVM went away mid-call, as asked
-                    pass
+        stop_connect()  # first: its exit hook would call a server that is gone, for minutes
+        _stop_classic(code)
+
+
+def _stop_classic(code: int) -> None:
+    try:
+        from pyspark import SparkContext
+    except ImportError:  # the thin Connect client (pyspark-client) has no JVM side at all
+        return
+    sc = SparkContext._active_spark_context
+    if sc is not None:
+        gateway = sc._gateway
+        sc.stop()
+        if "PYSPARK_GATEWAY_PORT" in os.environ:  # spark-submit's JVM, not one we launched
+            sys.stdout.flush()
+            sys.stderr.flush()
+            try:
+                gateway.jvm.System.exit(code)
+            except Exception:  # the JVM went away mid-call, as asked
+                pass

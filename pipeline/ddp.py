@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 
 import torch
@@ -160,15 +161,23 @@ def launch(spark, fn, cfg, num_processes: int, local_mode: bool, use_gpu: bool):
 
     from pipeline.errors import PipelineError
 
-    slots = spark.sparkContext.defaultParallelism
+    from pipeline.session import parallelism, setting
+
+    slots = parallelism(spark)
     if not local_mode and not use_gpu and num_processes > slots:
         # A barrier stage waits for all its slots at once; without them it would hang silently.
         raise PipelineError(f"--num-processes {num_processes} needs {num_processes} task slots, the cluster "
                             f"has {slots}: lower it or add executors")
     if use_gpu and not local_mode:
-        amount = spark.sparkContext.getConf().get("spark.task.resource.gpu.amount", "0")
+        amount = setting(spark, "spark.task.resource.gpu.amount", "0")
         if not amount.isdigit() or int(amount) < 1:
             # TorchDistributor gives each rank the GPUs of its task: it needs whole ones
             raise PipelineError(f"--use-gpu on needs spark.task.resource.gpu.amount of 1 or more (one GPU per "
                                 f"training process), this application has {amount!r}: see conf/gpu.yaml")
-    return TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu).run(fn, cfg)
+    started = time.perf_counter()
+    result = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu).run(fn, cfg)
+    # the whole launch, torchrun's start and exit barrier included: a launch that ends minutes after
+    # its last training line shows here (the ranks' own timings do not include it)
+    log.info("%d training process(es) (local mode %s) ran for %.1f s", num_processes,
+             "on" if local_mode else "off", time.perf_counter() - started)
+    return result

@@ -78,7 +78,9 @@ def file_digest(path: str | None) -> str:
 
 def set_tf_threads(threads: int) -> None:
     """One Spark task = one core: a worker's TF must not spawn a thread per core of the machine."""
-    import tensorflow as tf
+    from pipeline.quiet import import_tensorflow
+
+    tf = import_tensorflow()  # its C++ start-up lines go to a log file, not each worker's stderr
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -89,10 +91,16 @@ def set_tf_threads(threads: int) -> None:
 
 def build_model(model_name: str | None, model_file: str | None, weights_path: str | None, feature_layer: str | None):
     """(keras model, input (h, w, c), preprocess(float32 NHWC RGB 0..255) → model input)."""
+    from pipeline.quiet import import_tensorflow
+
+    import_tensorflow()  # before keras does, so its start-up lines are not on the console
     import keras
 
     if model_file:
-        model = keras.models.load_model(model_file, compile=False)
+        try:  # safe_mode: a Lambda layer's Python code in the file is refused, never run
+            model = keras.models.load_model(model_file, compile=False, safe_mode=True)
+        except ValueError as exc:
+            raise ValueError(f"modelFile {model_file}: refused: {str(exc).splitlines()[0]}") from None
         if feature_layer:
             model = keras.Model(model.inputs, model.get_layer(feature_layer).output)
         _, h, w, c = model.input_shape
@@ -108,6 +116,8 @@ def build_model(model_name: str | None, model_file: str | None, weights_path: st
 def to_model_input(height, width, n_channels, data, shape) -> np.ndarray:
     """One image row → HxWxC float32 in the model's size and channel count, RGB order, 0..255."""
     h, w, c = shape
+    if int(height) * int(width) > im.MAX_PIXELS:  # bounds a worker's memory, as ingest's --max-pixels does
+        raise im.DecodeError(f"image too large: {int(height)}x{int(width)} is over {im.MAX_PIXELS:,} pixels")
     arr = im.row_to_array(int(height), int(width), int(n_channels), data)  # BGR(A) → RGB(A)
     arr = im.to_rgb(arr) if c == 3 else im.to_gray(arr)
     if arr.shape[:2] != (h, w):
@@ -314,6 +324,26 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
                 .drop(tmp))
 
 
+# ---------------------------------------------------------------- SQL functions (pipeline/sql_udf.py)
+
+def register_udf(spark, name: str, model=None, **kwargs):
+    """Make a model callable from Spark SQL: `SELECT path, name(image) FROM images`, or
+    `name(height, width, nChannels, data)` on an images table; array<float> out, null where a row
+    does not decode. `model`: a keras.Model or a .keras/.h5 file, or `modelName=` (+ `weights`,
+    `weightsFile`) for a named application's pooled features; `featureLayer`, `preprocessor`
+    (RGB uint8 array → model input), `batchSize`, `threads` as for the featurizer."""
+    from pipeline.sql_udf import register_udf as register
+
+    return register(spark, name, model, **kwargs)
+
+
+def registerKerasImageUDF(udf_name, keras_model_or_file_path, preprocessor=None):  # noqa: N802 (sparkdl's name)
+    """sparkdl's name for `register_udf`, on the active SparkSession."""
+    from pyspark.sql import SparkSession
+
+    return register_udf(SparkSession.getActiveSession(), udf_name, keras_model_or_file_path, preprocessor=preprocessor)
+
+
 # ---------------------------------------------------------------- the featurize job
 
 KEY_COLUMNS = ("path", "label", "label_index", "split")
@@ -364,7 +394,9 @@ def run(spark, opts, record, featurizer: DeepImageFeaturizer) -> dict:
     out = (featurizer.transform(images)
            .select(*keys, "features", F.col(error).alias("featurize_error"),
                    F.lit(name).alias("model_name"), F.lit(featurizer.model_digest()).alias("model_digest")))
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(max(opts.batch_size, 64)))
+    from pipeline.session import set_conf
+
+    set_conf(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", max(opts.batch_size, 64))  # until the job ends
     with atomic_output(spark, opts.output, record, opts.mode) as tmp:
         # Written once with the error column, then split: the model runs over each image once.
         staged = f"{tmp}/_staged"
@@ -378,8 +410,8 @@ def run(spark, opts, record, featurizer: DeepImageFeaturizer) -> dict:
         record.rows_in = images.count()
         record.rows_out = spark.read.parquet(f"{tmp}/features").count()
         record.rows_rejected = spark.read.parquet(f"{tmp}/rejected").count()
-        from pipeline.io import HadoopFS
-        HadoopFS(spark).delete(staged)
+        from pipeline.io import Files
+        Files().delete(staged)
         first = spark.read.parquet(f"{tmp}/features").first() if record.rows_out else None
         dim = len(first["features"]) if first else 0
     record.outputs = {"features": f"{opts.output}/features", "rejected": f"{opts.output}/rejected"}

@@ -30,8 +30,10 @@ import pyarrow as pa
 from pipeline import images as im
 from pipeline import options, taskwrite
 from pipeline.errors import PipelineError
-from pipeline.io import (HIDDEN, HadoopFS, absolute, arrow_filesystem, atomic_output, is_hidden, is_local,
+from pipeline.io import (HIDDEN, Files, absolute, arrow_filesystem, atomic_output, is_hidden, is_local,
                          local_path)
+from pipeline.schemas import IMAGE_FILE_SCHEMA, IMAGE_SCHEMA, REJECTED_SCHEMA
+from pipeline.session import set_conf
 from pipeline.tablelog import appending
 
 log = logging.getLogger(__name__)
@@ -161,13 +163,8 @@ def _rejected_row(path, reason):
     return (path, path, None, None, None, None, None, None, None, None, reason)
 
 
-REJECTED_SCHEMA = pa.schema([(name, pa.string()) for name in ("path", "reason", "stage", "run_id")])
-# what decoders yield: an image row (IMAGE_DDL) or a rejected input (reason set), one per input
-DECODED_SCHEMA = pa.schema([("path", pa.string()), ("origin", pa.string()), ("label", pa.string()),
-                            ("label_index", pa.int32()), ("height", pa.int32()), ("width", pa.int32()),
-                            ("nChannels", pa.int32()), ("mode", pa.int32()), ("data", pa.binary()),
-                            ("split", pa.string()), ("reason", pa.string())])
-IMAGE_FILE_SCHEMA = pa.schema([f for f in DECODED_SCHEMA if f.name not in ("split", "reason")])  # split: the folder
+# what decoders yield: an image row or a rejected input (reason set), one per input
+DECODED_SCHEMA = pa.schema([*IMAGE_SCHEMA, ("reason", pa.string())])
 
 
 def _batch(rows) -> pa.RecordBatch:
@@ -231,6 +228,7 @@ def decode_files(root: str, classes: list[str], split, resize, max_pixels: int =
                     arr = _decode_file(path, content, reason, max_pixels, resize)
                     rows.append(_image_row(path, label, class_index.get(label), arr, split_of(rel, split), None))
                     size += arr.nbytes
+                    del arr  # its bytes are in the row: one copy of a large image less while the batch is made
                 except im.DecodeError as exc:
                     rows.append(_rejected_row(path, str(exc)))
                 if size >= BATCH_BYTES:
@@ -453,7 +451,7 @@ def plan(spark, src: Source, opts, scratch: str) -> Plan:
         paths = idx_paths(spark, files, n)
         return Plan(paths, paths, decode_idx(files, opts.resize), sum(f[3] for f in files))
 
-    fs = HadoopFS(spark)
+    fs = Files()
     root = fs.qualify(src.location)
     decoder = decode_files(root, fs.list_dirs(root), opts.split, opts.resize, opts.max_pixels)
     if root.startswith("file:"):
@@ -462,8 +460,8 @@ def plan(spark, src: Source, opts, scratch: str) -> Plan:
         # reads its files itself: no listing job, no shuffle, and no file list in driver memory.
         listing_file = f"{fs.qualify(scratch)}/paths"
         listing = write_listing(local_path(root), listing_file)
-        spark.conf.set("spark.sql.files.openCostInBytes", str(n))  # split by bytes of listing, not 4 MiB
-        spark.conf.set("spark.sql.files.minPartitionNum", str(n))
+        set_conf(spark, "spark.sql.files.openCostInBytes", n)  # split by bytes of listing, not 4 MiB
+        set_conf(spark, "spark.sql.files.minPartitionNum", n)
         value = F.col("value")
         listed = value.startswith("!")  # `!reason<TAB>path`: an entry the listing could only reject
         paths = spark.read.option("lineSep", "\0").text(listing_file).select(
@@ -472,9 +470,9 @@ def plan(spark, src: Source, opts, scratch: str) -> Plan:
         return Plan(paths, paths, decoder, listing.files, listing.hidden)
     # Other file systems: Spark's binaryFile source reads the bytes. Its scan skips zero-byte
     # files, so those (found by listing on the driver) are added back as empty rows.
-    empty = [s.getPath().toString() for s in fs.visible_files(root) if s.getLen() == 0]
-    spark.conf.set("spark.sql.files.openCostInBytes", str(64 * 1024))  # many small files per task
-    spark.conf.set("spark.sql.files.minPartitionNum", str(n))
+    empty = [uri for uri, size in fs.visible_files(root) if size == 0]
+    set_conf(spark, "spark.sql.files.openCostInBytes", 64 * 1024)  # many small files per task
+    set_conf(spark, "spark.sql.files.minPartitionNum", n)
     rows = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
             .select("path", "content"))
     if empty:
@@ -502,10 +500,12 @@ def writing(decoder, tables: dict[str, str], run_id: str):
         files = taskwrite.TaskFiles(tables, run_id)
         for batch in decoder(batches):
             failed = pc.is_valid(batch.column("reason"))
-            images = batch.filter(pc.invert(failed))
-            for split in pc.unique(images.column("split")).to_pylist():
-                rows = images.filter(pc.equal(images.column("split"), split)).select(IMAGE_FILE_SCHEMA.names)
-                files.add("images", f"split={split}", rows)
+            # filters copy every pixel: skipped where the batch is all images, of one split
+            images = batch if batch.column("reason").null_count == batch.num_rows else batch.filter(pc.invert(failed))
+            splits = pc.unique(images.column("split")).to_pylist()
+            for split in splits:
+                rows = images if len(splits) == 1 else images.filter(pc.equal(images.column("split"), split))
+                files.add("images", f"split={split}", rows.select(IMAGE_FILE_SCHEMA.names))
             rejected = batch.filter(failed)
             if rejected.num_rows:
                 constant = [pa.array([value] * rejected.num_rows, pa.string()) for value in ("decode", run_id)]
@@ -518,7 +518,7 @@ def writing(decoder, tables: dict[str, str], run_id: str):
 def decode_into(spark, rows, decoder, tables: dict[str, str], run_id: str) -> tuple[dict, int]:
     """Decode `rows` into the tables `images` and `rejected` in one pass, each task writing its own
     files: ({split: rows}, rejected rows), as the committed files' footers count them."""
-    fs = HadoopFS(spark)
+    fs = Files()
     tables = {name: fs.qualify(table) for name, table in tables.items()}
     taskwrite.setup(tables.values())
     manifest = rows.mapInArrow(writing(decoder, tables, run_id), taskwrite.MANIFEST_DDL).collect()
@@ -530,9 +530,9 @@ def decode_into(spark, rows, decoder, tables: dict[str, str], run_id: str) -> tu
 def run(spark, opts, record, src: Source) -> dict:
     """Every input decoded into a new dataset, or (--incremental) only the inputs the dataset
     lacks, appended to it; either way every input is in images or rejected exactly once."""
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(opts.batch_rows))
+    set_conf(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", opts.batch_rows)  # until the job ends
     tables = {"images": f"{opts.output}/images", "rejected": f"{opts.output}/rejected"}
-    incremental = opts.incremental and HadoopFS(spark).exists(tables["images"])
+    incremental = opts.incremental and Files().exists(tables["images"])
     if opts.incremental and not incremental:
         log.info("%s does not exist yet: the first incremental run ingests everything", opts.output)
     if incremental:
@@ -555,7 +555,7 @@ def dataset_settings(src: Source, opts) -> dict:
 
 def check_settings(spark, opts, src: Source) -> None:
     """An incremental run keeps the dataset's source, split and size, or rows would mix."""
-    fs, path = HadoopFS(spark), f"{opts.output}/{SETTINGS_FILE}"
+    fs, path = Files(), f"{opts.output}/{SETTINGS_FILE}"
     current = dataset_settings(src, opts)
     if not fs.exists(path):  # a dataset from before this file existed: it starts now
         fs.write_text(path, json.dumps(current))
@@ -569,7 +569,7 @@ def check_settings(spark, opts, src: Source) -> None:
 
 def _create(spark, opts, record, src: Source) -> dict:
     with atomic_output(spark, opts.output, record, opts.mode) as tmp:
-        fs = HadoopFS(spark)
+        fs = Files()
         fs.write_text(f"{tmp}/{SETTINGS_FILE}", json.dumps(dataset_settings(src, opts)))  # an unwritable --output fails here
         p = plan(spark, src, opts, f"{tmp}/_inputs")
         record.metrics["skipped_hidden"] = p.hidden

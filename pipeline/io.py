@@ -1,7 +1,7 @@
-"""Atomic outputs and the `runs` table.
+"""Atomic outputs, the driver's file operations and the `runs` table.
 
-Paths go through Hadoop's FileSystem (via the JVM), so the same code commits to a local disk,
-HDFS or an object store: write to `<out>.__tmp_<run_id>`, then rename into place on success.
+Files go through pyarrow's filesystems (no JVM, so every job runs on classic Spark and on Spark
+Connect alike): outputs are written to `<out>.__tmp_<run_id>`, then renamed into place on success.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
+from pipeline.schemas import RUNS_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -64,43 +65,53 @@ def local_path(path: str) -> str:
     return re.sub(r"^file:(//)?", "", path) if path.startswith("file:") else path
 
 
-class HadoopFS:
-    """The few FileSystem calls the jobs need, for any path Spark can write."""
+class Files:
+    """The few file operations the driver needs, through pyarrow's filesystems (file:, hdfs://, s3://,
+    gs://): the same layer the tasks and the ranks read and write through, and no JVM, so the jobs run
+    on a Spark Connect session as on a classic one. Paths are local paths or URIs; `qualify` gives the
+    spelling Spark's readers use for them (file:/x, hdfs://nn/x, s3://bucket/x)."""
 
-    def __init__(self, spark):
-        self._jvm = spark.sparkContext._jvm
-        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
-        self._path = self._jvm.org.apache.hadoop.fs.Path  # py4j resolves each name part with a round trip: once
+    def _fs(self, path: str):
+        from pyarrow import fs
 
-    def _resolve(self, path: str):
-        p = self._path(path)
-        return p.getFileSystem(self._conf), p
+        filesystem, inner = fs.FileSystem.from_uri(arrow_uri(path))
+        return filesystem, inner.rstrip("/") or "/"
+
+    def _info(self, path: str):
+        filesystem, inner = self._fs(path)
+        return filesystem, inner, filesystem.get_file_info(inner)
 
     def exists(self, path: str) -> bool:
-        fs, p = self._resolve(path)
-        return fs.exists(p)
+        from pyarrow import fs
+
+        return self._info(path)[2].type != fs.FileType.NotFound
 
     def delete(self, path: str) -> None:
-        fs, p = self._resolve(path)
-        if fs.exists(p):
-            fs.delete(p, True)
+        from pyarrow import fs
+
+        filesystem, inner, info = self._info(path)
+        if info.type == fs.FileType.Directory:
+            filesystem.delete_dir(inner)
+        elif info.type != fs.FileType.NotFound:
+            filesystem.delete_file(inner)
 
     def rename(self, src: str, dst: str) -> None:
-        fs, p = self._resolve(src)
-        if not fs.rename(p, self._path(dst)):
-            raise PipelineError(f"could not move {src} to {dst}")
+        filesystem, inner = self._fs(src)
+        try:
+            filesystem.move(inner, self._fs(dst)[1])
+        except OSError as exc:
+            raise PipelineError(f"could not move {src} to {dst} ({exc})") from None
 
-    def qualify(self, path: str) -> str:
-        fs, p = self._resolve(path)
-        return fs.makeQualified(p).toString()
+    @staticmethod
+    def qualify(path: str) -> str:
+        path = absolute(path)
+        return f"file:{local_path(path)}" if is_local(path) else path
 
     def write_bytes(self, path: str, data: bytes) -> None:
-        fs, p = self._resolve(path)
-        out = fs.create(p, True)
-        try:
-            out.write(bytearray(data))
-        finally:
-            out.close()
+        filesystem, inner = self._fs(path)
+        filesystem.create_dir(inner.rsplit("/", 1)[0] or "/", recursive=True)
+        with filesystem.open_output_stream(inner) as out:
+            out.write(data)
 
     def write_text(self, path: str, text: str) -> None:
         self.write_bytes(path, text.encode())
@@ -116,41 +127,54 @@ class HadoopFS:
         self.rename(hidden, f"{folder}/{name}")
 
     def read_text(self, path: str) -> str:
-        fs, p = self._resolve(path)
-        stream = fs.open(p)
-        try:
-            return self._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
-        finally:
-            stream.close()
+        filesystem, inner = self._fs(path)
+        with filesystem.open_input_stream(inner) as fh:
+            return fh.read().decode("utf-8")
 
     def mkdirs(self, path: str) -> None:
-        fs, p = self._resolve(path)
-        if not fs.mkdirs(p):
-            raise OSError(f"could not create folder {path}")
+        filesystem, inner = self._fs(path)
+        filesystem.create_dir(inner, recursive=True)
 
-    def status(self, path: str):
-        fs, p = self._resolve(path)
-        return fs.getFileStatus(p)
+    def _uri(self, path: str, inner: str) -> str:
+        """A path of `path`'s filesystem, back in the spelling `qualify` gives."""
+        if is_local(path):
+            return f"file:{inner}"
+        m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/]*)", path)
+        scheme, authority = path.split("://", 1)[0], m.group(1) if m else ""
+        if scheme.startswith("s3") or scheme in ("gs", "gcs"):
+            return f"{scheme}://{inner}"
+        return f"{authority}{inner}"
 
     def visible_files(self, path: str):
-        """The FileStatus of every visible file under a folder, recursively (Spark's rule: no part
-        of the path below the folder starts with _ or .)."""
-        fs, root = self._resolve(path)
-        prefix = len(root.toString().rstrip("/")) + 1
-        it = fs.listFiles(root, True)
-        while it.hasNext():
-            status = it.next()
-            if not is_hidden(status.getPath().toString()[prefix:]):
-                yield status
+        """(uri, size) of every visible file under a folder, recursively (Spark's rule: no part of the
+        path below the folder starts with _ or .)."""
+        from pyarrow import fs
+
+        filesystem, root = self._fs(path)
+        for info in filesystem.get_file_info(fs.FileSelector(root, recursive=True)):
+            if info.type == fs.FileType.File and not is_hidden(info.path[len(root) + 1:]):
+                yield self._uri(path, info.path), info.size
 
     def list_files(self, path: str) -> list[str]:
-        return [s.getPath().toString() for s in self.visible_files(path)]
+        return [uri for uri, _ in self.visible_files(path)]
 
     def list_dirs(self, path: str) -> list[str]:
         """Names of the visible sub-folders (Spark's own rule: names starting with . or _ are hidden)."""
-        fs, p = self._resolve(path)
-        return sorted(s.getPath().getName() for s in fs.listStatus(p)
-                      if s.isDirectory() and not is_hidden(s.getPath().getName()))
+        from pyarrow import fs
+
+        filesystem, root = self._fs(path)
+        return sorted(i.base_name for i in filesystem.get_file_info(fs.FileSelector(root))
+                      if i.type == fs.FileType.Directory and not is_hidden(i.base_name))
+
+    def list_names(self, path: str) -> list[str]:
+        """Names of everything directly in a folder (hidden ones too); [] when it does not exist."""
+        from pyarrow import fs
+
+        filesystem, root = self._fs(path)
+        try:
+            return sorted(i.base_name for i in filesystem.get_file_info(fs.FileSelector(root)))
+        except FileNotFoundError:
+            return []
 
 
 def check_writable(output: str, mode: str) -> None:
@@ -219,10 +243,10 @@ def atomic_output(spark, output: str, record: "Run", mode: str = "error"):
 
 @contextlib.contextmanager
 def _atomic_remote(spark, output: str, record: "Run", mode: str):
-    """atomic_output on HDFS and object stores, through Hadoop's FileSystem."""
+    """atomic_output on HDFS and object stores, through pyarrow's filesystems."""
     from pipeline.safety import MARKER
 
-    fs = HadoopFS(spark)
+    fs = Files()
     if fs.exists(output) and mode != "overwrite":
         raise PipelineError(f"--output {output} already exists (use --mode overwrite to replace it)")
     tmp = f"{output}.__tmp_{record.run_id}"
@@ -286,20 +310,15 @@ class Run:
                                 f"rejected {self.rows_rejected}; nothing was committed")
 
 
-_UTC = pa.timestamp("us", tz="UTC")
-RUNS_SCHEMA = pa.schema([("run_id", pa.string()), ("job", pa.string()), ("status", pa.string()),
-                         ("started_at", _UTC), ("ended_at", _UTC), ("duration_s", pa.float64()),
-                         ("git_rev", pa.string()), ("host", pa.string()), ("spark_master", pa.string()),
-                         ("app_id", pa.string()), ("config", pa.string()), ("outputs", pa.string()),
-                         ("rows_in", pa.int64()), ("rows_out", pa.int64()), ("rows_rejected", pa.int64()),
-                         ("metrics", pa.map_(pa.string(), pa.float64())), ("error", pa.string())])
+
 
 
 def _runs_row(spark, run: Run, status: str, error: str | None, ended: dt.datetime | None) -> dict:
-    conf = spark.sparkContext if spark is not None else None
+    from pipeline.session import setting
+
     row = (run.run_id, run.job, status, run.started_at, ended,
            (ended - run.started_at).total_seconds() if ended else None,
-           git_rev(), socket.gethostname(), conf.master if conf else None, conf.applicationId if conf else None,
+           git_rev(), socket.gethostname(), setting(spark, "spark.master"), setting(spark, "spark.app.id"),
            json.dumps(run.config, default=str, sort_keys=True), json.dumps(run.outputs, sort_keys=True),
            run.rows_in, run.rows_out, run.rows_rejected, {k: float(v) for k, v in run.metrics.items()}, error)
     return dict(zip(RUNS_SCHEMA.names, row))
@@ -340,6 +359,7 @@ def recorded_run(spark, runs_table: str, job: str, config: dict, run: Run | None
     """Run a job body with its row in the runs table: `running` from the start (so a killed run is
     visible, and later shown as abandoned), then `succeeded` or `failed`."""
     run = run or Run(job=job, config=config)
+    run.started_at = dt.datetime.now(dt.timezone.utc)  # the job's own time, Spark's start-up excluded
     try:
         write_runs_row(runs_table, _runs_row(spark, run, "running", None, None))
     except Exception as exc:  # a broken runs table must not stop the job; its final row says so again

@@ -37,7 +37,9 @@ def check_distributor(opts) -> None:
 def threads_per_process(spark, opts) -> int:
     """--threads, or (0) the cores Spark has shared out over the processes: on CPUs one process
     with every core beats gloo's all-reduce between processes on the same cores."""
-    return opts.threads or max(1, spark.sparkContext.defaultParallelism // opts.num_processes)
+    from pipeline.session import parallelism
+
+    return opts.threads or max(1, parallelism(spark) // opts.num_processes)
 
 
 def positive(opts, *names: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -55,17 +56,20 @@ def bigdl_jars() -> list[str]:
 
 def base_conf(profile: Profile, *, bigdl: bool = False) -> dict[str, str]:
     """Settings every job gets, then the profile's, then what BigDL needs."""
-    log4j = conf_dir() / "log4j2.properties"
-    java_opts = f"-Dlog4j2.configurationFile=file:{log4j}"
+    from pipeline import quiet
+
     conf = {
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
-        "spark.driver.extraJavaOptions": java_opts,
-        "spark.executor.extraJavaOptions": java_opts,
         "spark.sql.sources.partitionOverwriteMode": "static",
         "spark.ui.showConsoleProgress": "true",
+        **quiet.spark_settings(),
     }
-    conf.update(profile.spark)
+    if not quiet.verbose():  # --verbose: Spark's own log4j2 defaults, INFO lines included
+        java_opts = f"-Dlog4j2.configurationFile=file:{conf_dir() / 'log4j2.properties'}"
+        conf["spark.driver.extraJavaOptions"] = conf["spark.executor.extraJavaOptions"] = java_opts
+    # how to reach Spark is not a setting of the session itself (pipeline.session.connect_url)
+    conf.update({k: v for k, v in profile.spark.items() if k not in ("spark.remote", "spark.api.mode")})
     if bigdl:
         from bigdl.dllib.utils.common import get_bigdl_conf
 
@@ -99,8 +103,14 @@ def _check_bigdl_conf(spark_conf) -> None:
                                 "to spark-submit")
 
 
-def _init_bigdl(spark_conf=None):
+def _init_bigdl(spark_conf=None, app_name: str = "sparkgan"):
     from bigdl.dllib.nncontext import init_nncontext
+
+    from pipeline import quiet
+
+    # BigDL prints to stdout from Python and from the JVM: both to the log instead (--verbose: not)
+    quiet.bigdl_prints_to_log()
+    quiet.jvm_stdout_to_file(spark_conf, app_name)
 
     # BigDL sets PYTHONHOME to the venv, which breaks every Python started from this process
     # (a venv has no standard library of its own). Keep whatever was there before.
@@ -126,14 +136,21 @@ def get_session(profile: Profile, app_name: str, *, bigdl: bool = False):
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
         if profile.master.startswith("local"):
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: stay on loopback
+    url = connect_url(profile)
+    if url is not None:
+        return _connect_session(profile, app_name, url, bigdl)
     from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
+
+    from pipeline import quiet
 
     conf = base_conf(profile, bigdl=bigdl)
     if SparkContext._active_spark_context is None:
         submitted: dict[str, str] = {}
         if _under_spark_submit():
             SparkContext._ensure_initialized()  # join spark-submit's JVM so its settings are visible
+            # that JVM started with Spark's log4j2 defaults (INFO): ours, before the context logs
+            quiet.use_log4j2_file(SparkContext._jvm, conf_dir() / "log4j2.properties")
             spark_conf = SparkConf()
             submitted = dict(spark_conf.getAll())
         else:
@@ -144,11 +161,151 @@ def get_session(profile: Profile, app_name: str, *, bigdl: bool = False):
                 spark_conf.set(key, value)
         if bigdl:
             _check_bigdl_conf(spark_conf)
-            sc = _init_bigdl(spark_conf)
+            sc = _init_bigdl(spark_conf, app_name)
         else:
             sc = SparkContext.getOrCreate(spark_conf)
-        sc.setLogLevel("WARN")
+        if not quiet.verbose():
+            sc.setLogLevel("WARN")
         log.info("Spark %s on %s, UI at %s", sc.version, sc.master, sc.uiWebUrl)
     elif bigdl:
-        _init_bigdl()  # an existing context: only start BigDL's engine
+        _init_bigdl(app_name=app_name)  # an existing context: only start BigDL's engine
     return SparkSession.builder.getOrCreate()
+
+
+# ---------------------------------------------------------------- Spark Connect
+
+def connect_url(profile: Profile) -> str | None:
+    """The Spark Connect server a job is pointed at: `--remote`, `SPARK_REMOTE` or `spark.remote`
+    (sc://HOST:PORT; spark-submit's own --remote sets it too), or "local" for `spark.api.mode=connect`
+    in the profile, a --conf or spark-submit's settings (a server in the driver, on its master).
+    None: a classic session."""
+    submitted = {}
+    if _under_spark_submit():
+        from pyspark import SparkConf, SparkContext
+
+        SparkContext._ensure_initialized()
+        submitted = dict(SparkConf().getAll())
+    url = profile.spark.get("spark.remote") or os.environ.get("SPARK_REMOTE") or submitted.get("spark.remote")
+    mode = (profile.spark.get("spark.api.mode") or submitted.get("spark.api.mode")
+            or os.environ.get("SPARK_API_MODE", "")).lower()
+    if not url and mode != "connect":
+        return None
+    if spark_major() < 4:
+        from pipeline.errors import PipelineError
+
+        raise PipelineError("Spark Connect needs the Spark 4 stack (make setup STACK=spark4): Spark 3.5's Connect "
+                            "server is a separate jar from Maven, which pip's pyspark does not carry")
+    return url or f"local:{submitted.get('spark.master') or profile.master}"
+
+
+def _connect_session(profile: Profile, app_name: str, url: str, bigdl: bool):
+    from pyspark.sql import SparkSession
+
+    from pipeline.errors import PipelineError
+
+    if bigdl:
+        raise PipelineError("--engine bigdl needs a classic Spark session (BigDL drives the JVM through py4j, "
+                            "which Spark Connect has not): use --engine torch")
+    conf = base_conf(profile)
+    builder = SparkSession.builder.appName(app_name)
+    if url.startswith("local:"):  # a Connect server in this process's JVM, started with every setting
+        builder = builder.master(url[len("local:"):]).config("spark.api.mode", "connect")
+    else:  # a server of its own: it owns its static settings; this session sets the SQL ones it may
+        builder = builder.remote(url)
+        conf = {k: v for k, v in conf.items() if k.startswith("spark.sql.") and k != "spark.sql.sources.partitionOverwriteMode"}
+    import warnings
+
+    # the in-driver server starts with every setting; the session then tries the static ones again
+    warnings.filterwarnings("ignore", message="Failed to set spark", module="pyspark.sql.connect.conf")
+    spark = builder.config(map={k: v for k, v in conf.items() if k not in ("spark.remote", "spark.api.mode")}).getOrCreate()
+    log.info("Spark %s over Spark Connect (%s)", spark.version, url)
+    return spark
+
+
+def stop_connect() -> None:
+    """Stop this process's Spark Connect session, if any (with an in-driver server, that one too)."""
+    import sys
+
+    if "pyspark.sql.connect.session" not in sys.modules:
+        return
+    from pyspark.sql.connect.session import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.stop()
+
+
+def is_connect(spark) -> bool:
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def setting(spark, key: str, default: str | None = None) -> str | None:
+    """A Spark setting as the session sees it (classic or Connect), or `default`."""
+    if spark is None:
+        return default
+    try:
+        return spark.conf.get(key, default)
+    except Exception:  # a key a Connect server will not tell
+        return default
+
+
+def parallelism(spark) -> int:
+    """The task slots of the session's cluster: Spark's defaultParallelism on a classic session; on
+    Connect (no SparkContext) what the settings say: spark.default.parallelism, the local master's
+    thread count, spark.cores.max, or executors x cores."""
+    import re
+
+    if not is_connect(spark):
+        return spark.sparkContext.defaultParallelism
+    if value := setting(spark, "spark.default.parallelism"):
+        return int(value)
+    master = setting(spark, "spark.master") or ""
+    if m := re.match(r"local\[(\*|\d+)", master):
+        return (os.cpu_count() or 1) if m.group(1) == "*" else int(m.group(1))
+    if master == "local":
+        return 1
+    if value := setting(spark, "spark.cores.max"):
+        return int(value)
+    instances, cores = setting(spark, "spark.executor.instances"), setting(spark, "spark.executor.cores")
+    return int(instances) * int(cores) if instances and cores else 2
+
+
+# ---------------------------------------------------------------- a job's own settings
+
+# The open scoped_conf blocks, innermost last: each maps a key to (session, its value before the
+# block, None where it had none). Jobs run one at a time in a driver, so a plain stack will do.
+_scopes: list[dict] = []
+
+
+@contextlib.contextmanager
+def scoped_conf(spark, settings: dict | None = None):
+    """Spark SQL settings for the length of a block: `settings` at once, and whatever `set_conf`
+    adds inside it. On exit, error or not, each key is back to its value before the block, or
+    unset if it had none, so the next job in the same session (the tests' shared one, a notebook,
+    a Connect server) does not run with this one's batch sizes and file-splitting rules."""
+    saved: dict = {}
+    _scopes.append(saved)
+    try:
+        for key, value in (settings or {}).items():
+            set_conf(spark, key, value)
+        yield
+    finally:
+        _scopes.pop()
+        for key, (session, before) in saved.items():
+            if before is None:
+                session.conf.unset(key)
+            else:
+                session.conf.set(key, before)
+
+
+def set_conf(spark, key: str, value) -> None:
+    """spark.conf.set until the innermost scoped_conf block ends (cli runs every job in one).
+
+    Outside a block it refuses: the setting would outlive the job. `spark.conf.get(key, None)`
+    reads only what was set, not Spark's default, so an unset key is unset again afterwards.
+    """
+    if not _scopes:
+        raise RuntimeError(f"set_conf({key!r}) outside scoped_conf: the setting would outlive the job")
+    if key not in _scopes[-1]:
+        _scopes[-1][key] = (spark, spark.conf.get(key, None))
+    spark.conf.set(key, str(value))

@@ -1,10 +1,13 @@
-"""Appendable tables: each append commits through Spark's file-sink log, `<table>/_spark_metadata`.
+"""Appendable tables: each append commits through a file-sink log, `<table>/_spark_metadata`.
 
-That log is what Structured Streaming's file sink writes: an atomic, numbered entry per batch
-listing the batch's files. When it exists, `spark.read.parquet(table)` reads only the files it
-lists, so files of an append that died part-way are invisible to every reader, and the next
-append deletes them. The driver writes entries with Spark's own log class (compaction every 10
-entries included); workers without pyspark read it with `committed_files`.
+That log is what Structured Streaming's file sink writes, in Spark's own format (version "v1", one
+JSON `SinkFileStatus` per line, every 10th entry a `.compact` one that repeats everything before
+it), written here by the driver through pyarrow's filesystems, so no JVM is needed and it works on
+Spark Connect. When it exists, `spark.read.parquet(table)` reads only the files it lists, so files
+of an append that died part-way are invisible to every reader, and the next append deletes them.
+An entry appears whole: it is written under a hidden name (which Spark's log reader skips) and
+renamed to its number without replacing one that exists, so of two writers only one can commit a
+batch number. Workers without pyspark read the log with `committed_files`.
 """
 
 from __future__ import annotations
@@ -13,17 +16,20 @@ import contextlib
 import json
 import logging
 import re
+import time
+import uuid
 
-from pipeline.io import HadoopFS, arrow_filesystem, is_hidden
+from pipeline.io import Files, arrow_filesystem, is_hidden, is_local, local_path
 
 log = logging.getLogger(__name__)
 
 LOG_DIR = "_spark_metadata"
+COMPACT_INTERVAL = 10  # Spark's default spark.sql.streaming.fileSink.log.compactInterval
 _ENTRY = re.compile(r"(\d+)(\.compact)?")
 
 
 def _uri(path: str) -> str:
-    """One spelling per file: the log says file:///x, Hadoop's listings file:/x."""
+    """One spelling per file: the log says file:///x, listings file:/x."""
     return re.sub(r"^file:/+", "file:///", path)
 
 
@@ -31,50 +37,73 @@ class TableLog:
     """One table's commit log, on the driver."""
 
     def __init__(self, spark, table: str):
-        from pipeline.session import spark_major
-
-        pkg = spark.sparkContext._jvm.org.apache.spark.sql.execution.streaming
-        self._ns = pkg.sinks if spark_major() >= 4 else pkg  # Spark 4 moved the sink classes
-        self._spark = spark
-        self.fs = HadoopFS(spark)
+        self.fs = Files()
         self.table = self.fs.qualify(table)
         self._dir = f"{self.table}/{LOG_DIR}"
 
-    def _open(self, folder: str):
-        # Spark's class creates its folder when built: build it only once the log is to exist,
-        # since an empty _spark_metadata would make the table unreadable
-        cls = self._ns.FileStreamSinkLog
-        return cls(cls.VERSION(), self._spark._jsparkSession, folder, getattr(cls, "$lessinit$greater$default$4")())
-
-    def _statuses(self, files: list[str]):
-        statuses = self._spark.sparkContext._gateway.new_array(self._ns.SinkFileStatus, len(files))
-        for i, f in enumerate(files):
-            statuses[i] = self._ns.SinkFileStatus.apply(self.fs.status(f))
-        return statuses
+    def _entries(self, folder: str) -> dict[int, str]:
+        found = ((_ENTRY.fullmatch(n), n) for n in self.fs.list_names(folder))
+        return {int(m.group(1)): f"{folder}/{n}" for m, n in found if m}
 
     def committed(self) -> set[str]:
-        return {_uri(s.path()) for s in self._open(self._dir).allFiles()}
+        return {_uri(f) for f in _read_log(self.fs, self._entries(self._dir))}
+
+    def _write_entry(self, folder: str, batch: int, files: dict[str, tuple[int, int]]) -> None:
+        """Entry `batch` listing `files` ({uri: (size, mtime ms)}), created whole and never replacing one."""
+        from pipeline.safety import rename_noreplace
+
+        name = f"{batch}.compact" if (batch + 1) % COMPACT_INTERVAL == 0 else str(batch)
+        lines = ["v1", *(json.dumps({"path": _uri(f), "size": size, "isDir": False, "modificationTime": mtime,
+                                      "blockReplication": 1, "blockSize": 33554432, "action": "add"},
+                                     separators=(",", ":")) for f, (size, mtime) in files.items())]
+        hidden = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+        self.fs.write_text(hidden, "\n".join(lines))
+        try:
+            if is_local(folder):
+                rename_noreplace(local_path(hidden), local_path(f"{folder}/{name}"))
+            elif self.fs.exists(f"{folder}/{name}"):
+                raise FileExistsError(name)
+            else:
+                self.fs.rename(hidden, f"{folder}/{name}")
+        except FileExistsError:
+            self.fs.delete(hidden)
+            raise RuntimeError(f"{self.table}: log entry {batch} was written by someone else meanwhile") from None
+
+    def _statuses(self, files: list[str]) -> dict[str, tuple[int, int]]:
+        from pyarrow import fs as pafs
+
+        out = {}
+        for f in files:
+            filesystem, inner = self.fs._fs(f)
+            info = filesystem.get_file_info(inner)
+            if info.type != pafs.FileType.File:
+                raise FileNotFoundError(f)
+            out[f] = (info.size, int((info.mtime.timestamp() if info.mtime else time.time()) * 1000))
+        return out
 
     def add(self, files: list[str]) -> int:
-        """Commit `files` (already in place under the table) as the next entry; its number."""
-        log = self._open(self._dir)
-        latest = log.getLatestBatchId()
-        batch = latest.get() + 1 if latest.isDefined() else 0
-        if not log.add(batch, self._statuses(files)):
-            raise RuntimeError(f"{self.table}: log entry {batch} was written by someone else meanwhile")
+        """Commit `files` (already in place under the table) as the next entry; its number. A compact
+        entry (every 10th) lists every committed file, as Spark's compaction does."""
+        entries = self._entries(self._dir)
+        batch = max(entries) + 1 if entries else 0
+        listed = self._statuses(files)
+        if (batch + 1) % COMPACT_INTERVAL == 0:
+            listed = {**_read_log(self.fs, entries, statuses=True), **listed}
+        self._write_entry(self._dir, batch, listed)
         return batch
 
     def start(self) -> None:
         """Before an append: a table written in one go gets a log whose entry 0 holds its files
         (built aside, then renamed into place); files of an append that died part-way (never
-        committed) and its staging folders are deleted."""
-        jfs, root = self.fs._resolve(self.table)
-        for s in jfs.listStatus(root):
-            if s.getPath().getName().startswith(("_staging-", "_bootstrap")):
-                self.fs.delete(s.getPath().toString())
+        committed) and its staging folders are deleted. Only with the dataset's lease held
+        (pipeline/safety.py): so they are a dead run's."""
+        for name in self.fs.list_names(self.table):
+            if name.startswith(("_staging-", "_bootstrap")):
+                self.fs.delete(f"{self.table}/{name}")
         if not self.fs.exists(self._dir):
             aside = f"{self.table}/_bootstrap{LOG_DIR}"
-            self._open(aside).add(0, self._statuses(self.fs.list_files(self.table)))
+            self.fs.mkdirs(aside)
+            self._write_entry(aside, 0, self._statuses(self.fs.list_files(self.table)))
             self.fs.rename(aside, self._dir)
             return
         committed = self.committed()
@@ -83,6 +112,25 @@ class TableLog:
             self.fs.delete(f)
         if orphans:
             log.warning("%s: deleted %d files of an append that did not commit", self.table, len(orphans))
+
+
+def _read_log(fs: Files, entries: dict[int, str], statuses: bool = False):
+    """The files an entry set commits, read as Spark reads it: the newest compacted entry, then every
+    entry after it; {uri: (size, mtime)} with `statuses`, else the uris."""
+    if not entries:
+        return {} if statuses else []
+    latest = max(entries)
+    first = max((b for b, p in entries.items() if p.endswith(".compact")), default=0)
+    files: dict[str, tuple | None] = {}
+    for batch in range(first, latest + 1):
+        version, *lines = fs.read_text(entries[batch]).splitlines()
+        if version != "v1":
+            raise ValueError(f"{entries[batch]}: unsupported log version {version!r}")
+        for line in lines:
+            entry = json.loads(line)
+            files[entry["path"]] = (entry["size"], entry["modificationTime"]) if entry["action"] == "add" else None
+    kept = {p: st for p, st in files.items() if st is not None}
+    return kept if statuses else list(kept)
 
 
 @contextlib.contextmanager

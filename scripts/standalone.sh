@@ -5,23 +5,35 @@
 # needed; the same on Spark 3.5 and 4.
 #   scripts/standalone.sh start [WORKERS] [CORES_PER_WORKER]   prints the master URL
 #   scripts/standalone.sh stop                                  stops it and removes work dirs
-# State (logs, pids, worker work dirs) lives in $SPARKGAN_CLUSTER_DIR (default: out/cluster).
+# State (logs, pids, worker work dirs, the master URL in master-url) lives in $SPARKGAN_CLUSTER_DIR
+# (default: out/cluster). The master listens on 7077 (what conf/cluster.yaml names) when that port
+# is free, else on a free one; either way the printed URL, and master-url, are the ones to use.
+# Spark comes from $PYTHON's pyspark: the active venv's, else .venv's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
+PY=${PYTHON:-${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}}
+PY=${PY:-.venv/bin/python}
 STATE=${SPARKGAN_CLUSTER_DIR:-$PWD/out/cluster}
 SPARK_HOME=$($PY -c "import os, pyspark; print(os.path.dirname(pyspark.__file__))")
 export SPARK_HOME
 export SPARK_MASTER_HOST=127.0.0.1 SPARK_LOCAL_IP=127.0.0.1
 export SPARK_LOG_DIR=$STATE/logs SPARK_PID_DIR=$STATE/pids SPARK_WORKER_DIR=$STATE/work
 export SPARK_IDENT_STRING=sparkgan
-port() { $PY -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
+# a free port: $1 when it is free, else any
+port() { $PY -c "
+import socket, sys
+s = socket.socket()
+try:
+    s.bind(('127.0.0.1', int(sys.argv[1])))
+except OSError:
+    s.bind(('127.0.0.1', 0))
+print(s.getsockname()[1])" "${1:-0}"; }
 
 case "${1:-}" in
 start)
   workers=${2:-2}; cores=${3:-1}
   mkdir -p "$STATE"
-  SPARK_MASTER_PORT=${SPARK_MASTER_PORT:-$(port)}
+  SPARK_MASTER_PORT=${SPARK_MASTER_PORT:-$(port 7077)}
   SPARK_MASTER_WEBUI_PORT=$(port)
   export SPARK_MASTER_PORT SPARK_MASTER_WEBUI_PORT
   daemon=("$SPARK_HOME/sbin/spark-daemon.sh" start)

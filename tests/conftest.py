@@ -32,6 +32,17 @@ def spark():
     session.stop()
 
 
+@pytest.fixture(scope="session")
+def mnist(spark, tmp_path_factory):
+    """The bundled 5,000 real MNIST digits' images table, ingested once for the whole run: the
+    tests that use it only read it."""
+    from pipeline.cli import main
+
+    out = tmp_path_factory.mktemp("mnist") / "ds"
+    assert main(["ingest", "--source", "mnist", "--output", str(out), "--runs-table", str(out) + ".runs"]) == 0
+    return f"{out}/images"
+
+
 @pytest.fixture
 def cli(spark, tmp_path, capsys):
     """Run a job in-process (sharing the test SparkSession): returns (exit code, stdout, stderr)."""
@@ -98,3 +109,22 @@ def digits_table(path, n_train: int, n_test: int) -> str:
                      "data": data, "split": "train" if i < n_train else "test"})
     pq.write_to_dataset(pa.Table.from_pylist(rows), str(path), partition_cols=["split"])
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def connect_server(tmp_path_factory):
+    """Spark's own Connect server (scripts/connect.sh: sbin/start-connect-server.sh from the pyspark
+    package) on a loopback port, local[2], once per test session; its Python workers are this venv's.
+    Spark 4 only."""
+    import subprocess
+
+    from pipeline.session import spark_major
+
+    if spark_major() < 4:
+        pytest.skip("Spark Connect: the Spark 3.5 stack has no Connect server (its jar comes from Maven)")
+    env = {**os.environ, "PYTHON": sys.executable, "SPARKGAN_CONNECT_DIR": str(tmp_path_factory.mktemp("connect"))}
+    script = os.path.join(ROOT, "scripts", "connect.sh")
+    r = subprocess.run([script, "start", "", "local[2]"], env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    yield {"url": r.stdout.strip().splitlines()[-1]}
+    subprocess.run([script, "stop"], env=env, capture_output=True, timeout=120)

@@ -70,12 +70,19 @@ def test_dag_imports_and_wires_the_jobs(airflow_env):
 
 
 @pytest.mark.slow
-def test_dag_runs_every_job_on_local_spark(airflow_env, tmp_path):
+def test_dag_runs_every_job_on_local_spark(airflow_env, tmp_path, request):
+    """Spark 3.5: every task on classic local Spark. Spark 4: every task on a Spark Connect server
+    (the DAG's `remote` param), as on Databricks serverless."""
+    from pipeline.session import spark_major
+
     air = os.path.join(AIRFLOW, "airflow")
     r = subprocess.run([air, "db", "migrate"], env=airflow_env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     params = {"data": str(tmp_path / "data"), "digits_epochs": 1, "dcgan_steps": 40, "srgan_steps": 12,
               "srgan_crop": 48}
+    server = request.getfixturevalue("connect_server") if spark_major() >= 4 else None
+    if server:
+        params["remote"] = server["url"]
     r = subprocess.run([air, "dags", "test", "sparkgan", "2026-11-25", "-c", json.dumps(params)], cwd=tmp_path,
                        env=airflow_env, capture_output=True, text=True, timeout=1500)
     log = r.stdout + r.stderr
@@ -84,6 +91,10 @@ def test_dag_runs_every_job_on_local_spark(airflow_env, tmp_path):
     assert sorted(runs.job) == ["ingest", "ingest", "train_digits", "train_gan", "train_gan", "transfer_demo",
                                 "upscale"]
     assert set(runs.status) == {"succeeded"}
+    if server:  # every task was a session of the one server's application
+        assert runs.app_id.nunique() == 1 and runs.app_id.iloc[0].startswith("local-")
+    else:
+        assert runs.app_id.nunique() == len(runs)  # an application per task
     ingested = runs[runs.job == "ingest"]
     assert sorted(ingested.rows_in) == [18, 5000] and sorted(ingested.rows_out + ingested.rows_rejected) == [18, 5000]
     assert (tmp_path / "data" / "datasets" / "digits" / "images").is_dir()

@@ -15,16 +15,6 @@ from tests.conftest import ROOT, kill_tree, needs_bigdl
 ENGINES = [pytest.param("bigdl", marks=needs_bigdl), "torch"]
 
 
-@pytest.fixture(scope="module")
-def mnist(spark, tmp_path_factory):
-    """The bundled 5,000 real MNIST digits, ingested once for this module."""
-    from pipeline.cli import main
-
-    out = tmp_path_factory.mktemp("mnist") / "ds"
-    assert main(["ingest", "--source", "mnist", "--output", str(out), "--runs-table", str(out) + ".runs"]) == 0
-    return f"{out}/images"
-
-
 def test_to_input_normalises_gray_and_colour():
     gray = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
     x = to_input(*im.array_to_row(gray)[:3], im.array_to_row(gray)[4])

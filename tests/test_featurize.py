@@ -103,12 +103,11 @@ def test_docstring_example_saves_and_loads(spark, photos, tmp_path):
 
 
 @pytest.mark.slow
-def test_featurize_job_pipeline_round_trip_and_transfer_beats_pixels(spark, cli, tmp_path):
+def test_featurize_job_pipeline_round_trip_and_transfer_beats_pixels(spark, cli, mnist, tmp_path):
     from pyspark.ml import Pipeline, PipelineModel
     from pyspark.ml.classification import LogisticRegression
 
-    assert cli("ingest", "--source", "mnist", "--output", tmp_path / "mnist")[0] == 0
-    images = str(tmp_path / "mnist" / "images")
+    images = mnist  # the session's ingest of the bundled digits, only read here
     code, out, err = cli("transfer_demo", "--input", images, "--output", tmp_path / "demo")
     assert code == 0, err
     report = json.loads((tmp_path / "demo" / "report.json").read_text())

@@ -87,9 +87,9 @@ def test_vgg19_features_load_a_torchvision_layout_state_dict(tmp_path):
 def datasets(spark, tmp_path_factory):
     from pipeline.cli import main
 
-    root = tmp_path_factory.mktemp("gan")
-    for name in ("mnist", "photos"):
-        assert main(["ingest", "--source", name, "--output", str(root / name), "--runs-table", str(root / "runs")]) == 0
+    root = tmp_path_factory.mktemp("gan")  # the MNIST digits: the session's `mnist` fixture
+    assert main(["ingest", "--source", "photos", "--output", str(root / "photos"), "--runs-table",
+                 str(root / "runs")]) == 0
     return root
 
 
@@ -144,8 +144,8 @@ def _digit_classifier(spark, images):
 
 
 @pytest.mark.slow
-def test_dcgan_samples_are_recognised_as_digits(spark, cli, datasets, tmp_path):
-    images = datasets / "mnist" / "images"
+def test_dcgan_samples_are_recognised_as_digits(spark, cli, mnist, tmp_path):
+    images = mnist
     code, out, err = cli("train_gan", "--model", "dcgan", "--input", images, "--output", tmp_path / "dc",
                          "--steps", 800, "--checkpoint-every", 400)
     assert code == 0, err
@@ -168,8 +168,8 @@ def test_dcgan_samples_are_recognised_as_digits(spark, cli, datasets, tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_to_the_same_layout(datasets, tmp_path):
-    images = datasets / "mnist" / "images"
+def test_killed_training_resumes_to_the_same_layout(mnist, tmp_path):
+    images = mnist
     args = [sys.executable, "-m", "pipeline", "train_gan", "--model", "dcgan", "--input", str(images),
             "--output", str(tmp_path / "dc"), "--steps", "250", "--checkpoint-every", "50", "--runs-table",
             str(tmp_path / "runs"), "--resume", "auto", "--mode", "overwrite"]  # what the DAG's every try runs
@@ -188,7 +188,8 @@ def test_killed_training_resumes_to_the_same_layout(datasets, tmp_path):
     assert f"resuming from {ckpt} (step {killed_at})" in r.stderr  # the driver says so
     assert f"resuming dcgan from step {killed_at}" in r.stderr + r.stdout
     layout = sorted(os.listdir(tmp_path / "dc"))
-    assert layout == ["generated", "generator.json", "generator.pt", "loss_curves.png", "metrics", "samples"]
+    assert layout == ["_sparkgan.json", "generated", "generator.json", "generator.pt", "loss_curves.png", "metrics",
+                      "rejected", "samples"]
     generated = pq.read_table(tmp_path / "dc" / "generated").to_pandas()
     assert len(generated) == 5 * 64 and sorted(set(generated.step)) == [62, 124, 186, 248, 250]
     assert (generated.height == 32).all() and (generated.data.map(len) == 32 * 32).all()

@@ -39,6 +39,9 @@ def pretrain_cnn(spark, images_path: str, classes, out_file: str, epochs: int = 
     The 2,000-odd 28x28 training images fit in the driver's memory, so Keras trains there.
     Returns its test accuracy on those classes (None for random weights).
     """
+    from pipeline.quiet import import_tensorflow
+
+    import_tensorflow()  # before keras does, so its start-up lines are not on the console
     import keras
     from pyspark.sql import functions as F
 

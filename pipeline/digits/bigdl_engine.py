@@ -51,7 +51,12 @@ def sample_rdd(df, copies: int = 0):
 
 
 def check_batch(spark, batch_size: int) -> None:
-    cores = spark.sparkContext.defaultParallelism
+    check_batch_cores(batch_size, spark.sparkContext.defaultParallelism)
+
+
+def check_batch_cores(batch_size: int, cores: int) -> None:
+    """The job's validate runs this with the cores the configuration plans (pipeline/cores.py),
+    before Spark starts; train runs it again with the cores Spark really has."""
     if batch_size % cores:
         lo = max(cores, batch_size // cores * cores)
         raise PipelineError(f"--batch-size {batch_size} is not a multiple of the {cores} cores Spark runs on "

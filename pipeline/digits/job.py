@@ -69,6 +69,11 @@ def validate(opts) -> None:
 
         if reason := bigdl_missing():
             raise PipelineError(f"--engine bigdl: {reason}; use --engine torch")
+        from pipeline.cores import job_cores
+        from pipeline.digits.bigdl_engine import check_batch_cores
+
+        if cores := job_cores(opts, "train_digits"):  # the cores the profile plans, before Spark starts
+            check_batch_cores(opts.batch_size, cores)
     else:
         options.check_distributor(opts)
     opts.input = options.input_table(opts.input, hint=" (run `sparkgan ingest` first)")
@@ -104,9 +109,11 @@ def run(spark, opts, record, _=None) -> dict:
     log.info("%s", why)
     record.metrics["resumed_from_epoch"] = resumed[1] if resumed else 0
     if not resumed:
-        data.start_fresh(opts.checkpoint_dir, config)
-    elif resumed[1] >= opts.epochs:
-        log.info("checkpoint already has %d epochs; evaluating only", resumed[1])
+        data.start_fresh(opts.checkpoint_dir, config, record.run_id)
+    else:
+        trusted(opts.engine, resumed[0])
+        if resumed[1] >= opts.epochs:
+            log.info("checkpoint already has %d epochs; evaluating only", resumed[1])
     engine = engine_module(opts.engine)
     if opts.engine == "bigdl":
         model, history = engine.train(spark, opts, record.run_id, train, test, n_train, classes, resumed)
@@ -114,6 +121,18 @@ def run(spark, opts, record, _=None) -> dict:
         model, history = train_torch(spark, opts, n_train, classes, resumed)
     return write_outputs(spark, opts, record, engine, model, train.unionByName(test), classes, history,
                          n_train + n_test)
+
+
+def trusted(engine: str, folder: str) -> None:
+    """Refuse, on the driver and before any rank starts, a checkpoint that could run code when loaded."""
+    from pipeline import safety
+
+    if engine == "torch":
+        from pipeline.digits.torch_engine import STATE_FILE
+
+        safety.load_tensors(os.path.join(folder, STATE_FILE), "--resume: the checkpoint", mmap=True)
+    else:
+        safety.check_private(folder, "--resume: the checkpoint")
 
 
 def train_torch(spark, opts, n_train: int, classes: int, resumed):

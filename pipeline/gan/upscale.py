@@ -17,7 +17,7 @@ from pipeline import options
 from pipeline.errors import PipelineError
 from pipeline.gan.config import DEFAULT_TILE, SCALE
 from pipeline.images import MAX_PIXELS
-from pipeline.io import HadoopFS, absolute, atomic_output, local_path
+from pipeline.io import Files, absolute, atomic_output, local_path
 from pipeline.workers import skip_zip_rereads
 
 OUT_FIELDS = ("height", "width", "nChannels", "data_latin1", "psnr_sr", "psnr_bicubic", "ssim_sr", "ssim_bicubic",
@@ -148,7 +148,9 @@ def run(spark, opts, record, _=None) -> dict:
            .select(*keep, origin.alias("origin"), "sr.height", "sr.width", "sr.nChannels",
                    F.lit(16).alias("mode"), F.encode("sr.data_latin1", "ISO-8859-1").alias("data"),
                    *(f"sr.{k}" for k in SCORES), "sr.reason"))
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(opts.batch_size * 4))
+    from pipeline.session import set_conf
+
+    set_conf(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", opts.batch_size * 4)  # until the job ends
     with atomic_output(spark, opts.output, record, opts.mode) as tmp:
         # Written once with the reason column, then split: the network runs over each image once.
         out.write.parquet(f"{tmp}/_staged")
@@ -162,7 +164,7 @@ def run(spark, opts, record, _=None) -> dict:
         scores = written.select(*[F.avg(c).alias(c) for c in SCORES]).first().asDict()
         record.rows_in, record.rows_out = images.count(), written.count()
         record.rows_rejected = spark.read.parquet(f"{tmp}/rejected").count()
-        HadoopFS(spark).delete(f"{tmp}/_staged")
+        Files().delete(f"{tmp}/_staged")
     record.metrics = {k: v for k, v in scores.items() if v is not None}
     record.outputs = {"images": f"{opts.output}/images", "rejected": f"{opts.output}/rejected"}
     return {"rows": record.rows_out, **{k: round(v, 4) for k, v in record.metrics.items()}, **record.outputs}
