@@ -211,6 +211,9 @@ def _connect_session(profile: Profile, app_name: str, url: str, bigdl: bool):
     if url.startswith("local:"):  # a Connect server in this process's JVM, started with every setting
         builder = builder.master(url[len("local:"):]).config("spark.api.mode", "connect")
     else:  # a server of its own: it owns its static settings; this session sets the SQL ones it may
+        # spark-submit --master (as Airflow's operator passes it) names the launcher's master, which
+        # pyspark refuses beside a remote: the server has its own
+        os.environ.pop("MASTER", None)
         builder = builder.remote(url)
         conf = {k: v for k, v in conf.items() if k.startswith("spark.sql.") and k != "spark.sql.sources.partitionOverwriteMode"}
     import warnings
