@@ -179,12 +179,9 @@ def connect_url(profile: Profile) -> str | None:
     (sc://HOST:PORT; spark-submit's own --remote sets it too), or "local" for `spark.api.mode=connect`
     in the profile, a --conf or spark-submit's settings (a server in the driver, on its master).
     None: a classic session."""
-    submitted = {}
-    if _under_spark_submit():
-        from pyspark import SparkConf, SparkContext
+    from pipeline.cores import submitted_settings
 
-        SparkContext._ensure_initialized()
-        submitted = dict(SparkConf().getAll())
+    submitted = submitted_settings()
     url = profile.spark.get("spark.remote") or os.environ.get("SPARK_REMOTE") or submitted.get("spark.remote")
     mode = (profile.spark.get("spark.api.mode") or submitted.get("spark.api.mode")
             or os.environ.get("SPARK_API_MODE", "")).lower()
@@ -254,23 +251,14 @@ def setting(spark, key: str, default: str | None = None) -> str | None:
 
 def parallelism(spark) -> int:
     """The task slots of the session's cluster: Spark's defaultParallelism on a classic session; on
-    Connect (no SparkContext) what the settings say: spark.default.parallelism, the local master's
-    thread count, spark.cores.max, or executors x cores."""
-    import re
-
+    Connect (no SparkContext) what its settings fix (pipeline.cores.planned_cores), else 2."""
     if not is_connect(spark):
         return spark.sparkContext.defaultParallelism
-    if value := setting(spark, "spark.default.parallelism"):
-        return int(value)
-    master = setting(spark, "spark.master") or ""
-    if m := re.match(r"local\[(\*|\d+)", master):
-        return (os.cpu_count() or 1) if m.group(1) == "*" else int(m.group(1))
-    if master == "local":
-        return 1
-    if value := setting(spark, "spark.cores.max"):
-        return int(value)
-    instances, cores = setting(spark, "spark.executor.instances"), setting(spark, "spark.executor.cores")
-    return int(instances) * int(cores) if instances and cores else 2
+    from pipeline.cores import planned_cores
+
+    keys = ("spark.default.parallelism", "spark.cores.max", "spark.executor.instances", "spark.executor.cores")
+    settings = {k: v for k in keys if (v := setting(spark, k))}
+    return planned_cores(setting(spark, "spark.master") or "", settings) or 2
 
 
 # ---------------------------------------------------------------- a job's own settings
