@@ -193,3 +193,29 @@ def test_the_thin_client_runs_jobs_with_no_jvm(connect_server, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert read.returncode == 0, read.stderr[-2000:]
     assert read.stdout.split()[-1] == "1797"
+
+
+SQL_ON_CONNECT = """
+import sys
+from pyspark.sql import SparkSession
+from pipeline.featurize import register_udf
+
+spark = SparkSession.builder.remote(sys.argv[1]).getOrCreate()
+register_udf(spark, "tiny", model=sys.argv[2], featureLayer="pooled")
+spark.read.parquet(sys.argv[3]).createOrReplaceTempView("images")
+rows = spark.sql("SELECT path, tiny(height, width, nChannels, data) AS f FROM images ORDER BY path").collect()
+print(len(rows), sum(r.f is not None and len(r.f) == 4 for r in rows))
+"""
+
+
+@needs_connect
+@pytest.mark.slow
+def test_a_model_as_a_sql_function_on_connect(connect_server, tmp_path):
+    """sparkdl's registerKerasImageUDF, on a Connect session: analysts' `SELECT tiny(...) FROM images`."""
+    images = digits_table(tmp_path / "digits", 30, 10)
+    model = tiny_keras_model(tmp_path / "tiny.keras")
+    (tmp_path / "sql.py").write_text(SQL_ON_CONNECT)
+    r = subprocess.run([sys.executable, str(tmp_path / "sql.py"), connect_server["url"], str(model), images],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[-2:] == ["40", "40"]
