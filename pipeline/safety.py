@@ -220,11 +220,18 @@ class Lease:
         self._stop = threading.Event()
 
     def acquire(self) -> "Lease":
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        except OSError as exc:
+            raise PipelineError(f"{self.option} {self.target}: cannot create {os.path.dirname(self.path)} "
+                                f"({exc.strerror})") from None
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
+            except OSError as exc:
+                if not isinstance(exc, FileExistsError):  # a place nothing can be written to
+                    raise PipelineError(f"{self.option} {self.target}: cannot be written there (its lease "
+                                        f"{self.path}: {exc.strerror})") from None
                 current = _read_holder(self.path)
                 if current is None:
                     continue  # released meanwhile: try again

@@ -58,12 +58,15 @@ def check_one_line_failure(r, tmp_path, doing, cause):
     assert log == str(tmp_path / "logs" / f"{run.run_id}.log") and cause in open(log).read()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="as root (CI) /proc passes the up-front writability check; "
-                    "as another user it is refused there, with exit 2")
 def test_an_output_folder_that_cannot_be_created(tmp_path):
+    """/proc takes no files, not even root's: the output's lease cannot be created, so the job stops
+    before Spark starts, in one line (exit 2), writing nothing, not even a runs row."""
     r = ingest(tmp_path, "digits", "/proc/sparkgan-test")
-    check_one_line_failure(r, tmp_path, "writing /proc/sparkgan-test", "Mkdirs failed to create")
+    assert r.returncode == 2, r.stderr[-3000:]
+    (line,) = [line for line in r.stderr.splitlines() if "sparkgan ingest:" in line]
+    assert line.startswith("sparkgan ingest: error: --output /proc/sparkgan-test") and "/proc" in line
     assert not [p for p in os.listdir("/proc") if p.startswith("sparkgan-test")]
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_failure_injected_on_an_executor(tmp_path):

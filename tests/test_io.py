@@ -120,6 +120,9 @@ def test_runs_rows_written_from_the_driver_read_as_one_table_with_spark_written_
     assert pq.read_table(table).num_rows == 2
     assert runs.main([table]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("ingest") and printed[0].endswith("in 10, out 9, rejected 1")
-    assert printed[1].startswith("train_digits") and printed[1].endswith("in 42")
+    # run id, start time, job, status, duration, counts (pipeline.runs' line)
+    assert printed[0].split()[:5] == ["old-1", "2026-01-02", "03:04:05", "ingest", "succeeded"]
+    assert printed[0].endswith("in 10, out 9, rejected 1")
+    assert printed[1].split()[0] == run.run_id and printed[1].split()[3:5] == ["train_digits", "succeeded"]
+    assert printed[1].endswith("in 42")
     assert "'test_top1': 0.97" in printed[2]
