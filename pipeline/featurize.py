@@ -125,6 +125,20 @@ def to_model_input(height, width, n_channels, data, shape) -> np.ndarray:
     return (arr if arr.ndim == 3 else arr[:, :, None]).astype(np.float32)
 
 
+def model_batch(heights, widths, channels, datas, shape) -> tuple[np.ndarray, list[str | None]]:
+    """A predict_batch_udf batch of image rows (a 1-row batch arrives as 0-d arrays) → the model's
+    input batch, and per row None or the reason it could not be used (its input is then zeros)."""
+    batch, errors = [], []
+    for h, w, c, d in zip(*map(np.atleast_1d, (heights, widths, channels, datas))):
+        try:
+            batch.append(to_model_input(h, w, c, d, shape))
+            errors.append(None)
+        except (im.DecodeError, ValueError, TypeError) as exc:
+            batch.append(np.zeros(shape, np.float32))
+            errors.append(f"undecodable image row: {exc}")
+    return np.stack(batch), errors
+
+
 def _one_of(name: str, allowed):
     """A Param type converter that checks the value when it is set, as sparkdl's did for modelName."""
     def convert(value):
@@ -299,16 +313,8 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
             width = int(np.prod(model.output_shape[1:]))
 
             def predict(heights, widths, channels, datas):
-                heights, widths, channels, datas = map(np.atleast_1d, (heights, widths, channels, datas))
-                batch, errors = [], []
-                for h, w, c, d in zip(heights, widths, channels, datas):
-                    try:
-                        batch.append(to_model_input(h, w, c, d, shape))
-                        errors.append(None)
-                    except (im.DecodeError, ValueError, TypeError) as exc:
-                        batch.append(np.zeros(shape, np.float32))
-                        errors.append(f"undecodable image row: {exc}")
-                out = model.predict_on_batch(preprocess(np.stack(batch)))
+                batch, errors = model_batch(heights, widths, channels, datas, shape)
+                out = model.predict_on_batch(preprocess(batch))
                 out = np.asarray(out, dtype=np.float32).reshape(len(batch), width)
                 return {"features": out, "error": np.array(errors, dtype=object)}
             return predict

@@ -24,9 +24,8 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
-from pipeline import images as im
-from pipeline.featurize import (APPLICATIONS, DeepImageFeaturizer, _one_of, _positive, keras_cache_dir, set_tf_threads,
-                                to_model_input)
+from pipeline.featurize import (APPLICATIONS, DeepImageFeaturizer, _one_of, _positive, keras_cache_dir, model_batch,
+                                set_tf_threads)
 from pipeline.workers import skip_zip_rereads
 
 CLASS_INDEX_FILE = "imagenet_class_index.json"
@@ -178,16 +177,8 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
             model, shape, preprocess = build_classifier(name, weights)
 
             def predict(heights, widths, channels, datas):
-                heights, widths, channels, datas = map(np.atleast_1d, (heights, widths, channels, datas))
-                batch, errors = [], []
-                for h, w, c, d in zip(heights, widths, channels, datas):
-                    try:
-                        batch.append(to_model_input(h, w, c, d, shape))
-                        errors.append(None)
-                    except (im.DecodeError, ValueError, TypeError) as exc:
-                        batch.append(np.zeros(shape, np.float32))
-                        errors.append(f"undecodable image row: {exc}")
-                probs = np.asarray(model.predict_on_batch(preprocess(np.stack(batch))), dtype=np.float32)
+                batch, errors = model_batch(heights, widths, channels, datas, shape)
+                probs = np.asarray(model.predict_on_batch(preprocess(batch)), dtype=np.float32)
                 return {"probabilities": probs, "top": top_indices(probs, k).astype(np.int32),
                         "error": np.array(errors, dtype=object)}
             return predict
