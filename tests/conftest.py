@@ -90,9 +90,9 @@ def kill_tree(proc) -> None:
     proc.wait()
 
 
-def digits_table(path, n_train: int, n_test: int) -> str:
+def digits_table(path, n_train: int, n_test: int, offset: int = 0) -> str:
     """A small images table of scikit-learn's real 8x8 digits, written with pyarrow (no Spark):
-    the first n_train rows in split=train, the next n_test in split=test."""
+    n_train rows from the `offset`-th in split=train, the next n_test in split=test."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -102,11 +102,11 @@ def digits_table(path, n_train: int, n_test: int) -> str:
 
     d = load_digits()
     rows = []
-    for i in range(n_train + n_test):
+    for i in range(offset, offset + n_train + n_test):
         h, w, c, mode, data = im.array_to_row(np.round(d.images[i] * 255 / 16).astype(np.uint8))
         rows.append({"path": f"bundled:digits/{i:05d}", "origin": None, "label": str(d.target[i]),
                      "label_index": int(d.target[i]), "height": h, "width": w, "nChannels": c, "mode": mode,
-                     "data": data, "split": "train" if i < n_train else "test"})
+                     "data": data, "split": "train" if i < offset + n_train else "test"})
     pq.write_to_dataset(pa.Table.from_pylist(rows), str(path), partition_cols=["split"])
     return str(path)
 
@@ -128,3 +128,139 @@ def connect_server(tmp_path_factory):
     assert r.returncode == 0, r.stderr[-3000:]
     yield {"url": r.stdout.strip().splitlines()[-1]}
     subprocess.run([script, "stop"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` with a SQLite backend and a local artifact root on a free loopback port, once per
+    test session (tests/test_tracking.py); its URL."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    pytest.importorskip("mlflow", reason="MLflow tracking: mlflow is not installed in this venv (make setup)")
+    root = tmp_path_factory.mktemp("mlflow")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen([mlflow, "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+                             "--default-artifact-root", str(root / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                kill_tree(proc)
+                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield url
+    kill_tree(proc)
+    log.close()
+
+
+def assert_schema(path, schema) -> None:
+    """A table a job wrote has the columns and types pipeline/schemas.py declares for it (a partition
+    column, like `split`, read back as a string)."""
+    import pyarrow.dataset as ds
+
+    found = ds.dataset(str(path), format="parquet", partitioning="hive").schema
+    got = {f.name: f.type for f in found if not f.name.startswith("__")}
+    want = {f.name: f.type for f in schema}
+    assert got == want, f"{path}: {got} != {want}"
+
+
+def assert_close(got, expected, rtol: float = 1e-4) -> None:
+    """Equal up to `rtol` of the values compared: the absolute slack scales with the largest of them,
+    so features of an untrained network (~1e-11) are compared as strictly as trained ones."""
+    import numpy as np
+
+    expected = np.asarray(expected, dtype=np.float64)
+    scale = float(np.abs(expected).max())
+    assert scale > 0, "nothing to compare: every expected value is 0"
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float64), expected, rtol=rtol, atol=rtol * scale)
+
+
+class S3Server:
+    """moto's standalone S3 server on a loopback port. `env` is what a job needs to reach it: the
+    standard AWS variables, which pyarrow's S3FileSystem (and so every s3:// path of the jobs) reads."""
+
+    access_key = "sparkgan-test"
+    secret_key = "sparkgan-test-secret"
+    region = "us-east-1"
+
+    def __init__(self, port: int):
+        self.endpoint = f"http://127.0.0.1:{port}"
+
+    @property
+    def env(self) -> dict:
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
+                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_REGION": self.region,
+                "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def filesystem(self, **kw):
+        from pyarrow import fs
+
+        return fs.S3FileSystem(endpoint_override=self.endpoint, scheme="http", access_key=self.access_key,
+                               secret_key=self.secret_key, region=self.region, **kw)
+
+    def bucket(self, name: str) -> str:
+        """A fresh bucket; returns its s3:// URI."""
+        self.filesystem(allow_bucket_creation=True).create_dir(name)
+        return f"s3://{name}"
+
+    def upload(self, local_dir, uri: str) -> str:
+        """Copy a local folder under s3://bucket/prefix (the bucket must exist); returns the URI."""
+        from pyarrow import fs
+
+        fs.copy_files(str(local_dir), uri.removeprefix("s3://"), destination_filesystem=self.filesystem())
+        return uri
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3 endpoint for the object-store tests, once per test session: moto's server
+    (`python -m moto.server`) on a free loopback port, its AWS variables set in this process (so the
+    in-process jobs and the Spark workers they fork reach it; subprocess jobs get `s3_server.env`),
+    killed at the end."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    pytest.importorskip("moto", reason="moto (requirements-dev.txt) runs the S3 endpoint of the object-store tests")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = S3Server(port)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{server.endpoint}/moto-api/", timeout=2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"moto's S3 server did not start on port {port}")
+            time.sleep(0.1)
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    try:
+        yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        proc.kill()
+        proc.wait()
