@@ -24,7 +24,7 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-stamp
 CLIENT_VENV  := .venv-client
 CLIENT_STAMP := $(CLIENT_VENV)/.installed-stamp
 
-.PHONY: setup airflow-setup client-setup demo test test-fast test-cluster mutation bench dist lint clean
+.PHONY: setup airflow-setup client-setup demo test test-fast test-cluster mutation planted bench dist lint clean
 
 setup: $(STAMP)
 
@@ -96,6 +96,11 @@ mutation: $(STAMP)
 	@echo "mutmut run: $(words $(MUTATE)) functions, log in mutants/run.log"
 	@$(BIN)/mutmut run $(foreach m,$(MUTATE),'$(m)') > mutants/run.log 2>&1 || { tail -n 40 mutants/run.log; exit 1; }
 	@$(BIN)/python scripts/mutation_report.py --min $(MUTATION_MIN) $(foreach m,$(MUTATE),'$(m)')
+
+# Hand-planted bugs in the Spark- and torch-facing code (which mutmut does not mutate): each is
+# applied to a copy of the tree and the tests that guard its promise must fail (scripts/planted_bugs.py).
+planted: $(STAMP)
+	$(BIN)/python scripts/planted_bugs.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py

@@ -16,9 +16,9 @@ from dataclasses import replace
 
 from common import DATA, local_spark
 
-from pipeline.gan import checkpoints
 from pipeline.gan.config import TrainConfig
 from pipeline.gan.train import train_worker
+from pipeline.training_run import CheckpointFolder
 
 CASES = {"dcgan": {"source": "mnist", "batch_size": 64, "width": 32, "log_every": 20},
          "srgan": {"source": "photos", "batch_size": 16, "width": 64, "log_every": 2}}
@@ -32,7 +32,7 @@ def config(model: str, table: str, folder: str, steps: int, threads: int) -> Tra
 
 
 def steps_per_s(folder: str, batch: int) -> float:
-    rates = [r["value"] for r in checkpoints.read_metrics(folder) if r["name"] == "images_per_s"]
+    rates = [v for _, name, v in CheckpointFolder(folder, "step").metrics() if name == "images_per_s"]
     return statistics.median(rates[1:] or rates) / batch
 
 

@@ -26,9 +26,10 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline import ddp  # noqa: E402
-from pipeline.gan import checkpoints, data, sr  # noqa: E402
+from pipeline.gan import data, sr  # noqa: E402
 from pipeline.gan.config import TrainConfig  # noqa: E402
 from pipeline.gan.train import train_worker  # noqa: E402
+from pipeline.training_run import CheckpointFolder  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def train_rate(cfg: TrainConfig, cuda: bool) -> tuple[float, float | None]:
     """(images/s: median of the logged rates after the first, as the training log reports them, peak GiB)."""
     with Peak(cuda) as peak:
         train_worker(cfg)
-    rates = [r["value"] for r in checkpoints.read_metrics(cfg.checkpoint_dir) if r["name"] == "images_per_s"]
+    rates = [v for _, name, v in CheckpointFolder(cfg.checkpoint_dir, "step").metrics() if name == "images_per_s"]
     return statistics.median(rates[1:] or rates), peak.gib
 
 

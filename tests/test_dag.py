@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.session import bigdl_missing
-from tests.conftest import ROOT
+from pipeline import schemas as S
+from tests.conftest import ROOT, assert_schema
 
 AIRFLOW = os.path.join(ROOT, ".venv-airflow", "bin")
 pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(AIRFLOW, "airflow")),
@@ -101,3 +102,12 @@ def test_dag_runs_every_job_on_local_spark(airflow_env, tmp_path, request):
     day = tmp_path / "data" / "2026-11-25"
     assert pq.read_table(day / "upscaled" / "images").num_rows == 18
     assert (day / "lenet5" / "confusion_matrix.png").exists() and (day / "dcgan" / "samples").is_dir()
+    # every table the jobs wrote is the one pipeline/schemas.py declares
+    data = tmp_path / "data" / "datasets"
+    for path, schema in [(data / "digits" / "images", S.IMAGE_SCHEMA), (data / "photos" / "images", S.IMAGE_SCHEMA),
+                         (data / "digits" / "rejected", S.REJECTED_SCHEMA), (day / "lenet5" / "predictions",
+                         S.PREDICTIONS_SCHEMA), (day / "lenet5" / "metrics", S.METRICS_SCHEMA),
+                         (day / "dcgan" / "metrics", S.METRICS_SCHEMA), (day / "dcgan" / "generated", S.GENERATED_SCHEMA),
+                         (day / "dcgan" / "rejected", S.REJECTED_SCHEMA), (day / "upscaled" / "images", S.UPSCALED_SCHEMA),
+                         (day / "upscaled" / "rejected", S.REJECTED_SCHEMA), (tmp_path / "data" / "runs", S.RUNS_SCHEMA)]:
+        assert_schema(path, schema)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pipeline.gan.models import DCGANGenerator, SRResNet
+from pipeline.training_run import CheckpointFolder
 from tests.conftest import ROOT, kill_tree
 
 
@@ -175,17 +176,19 @@ def test_killed_training_resumes_to_the_same_layout(mnist, tmp_path):
             str(tmp_path / "runs"), "--resume", "auto", "--mode", "overwrite"]  # what the DAG's every try runs
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    ckpt = tmp_path / "dc.checkpoints" / "checkpoint.pt"
+    folder = CheckpointFolder(str(tmp_path / "dc.checkpoints"), "step")
     for _ in range(600):
-        if ckpt.exists() and torch.load(ckpt, weights_only=False)["step"] >= 100:
+        if (latest := folder.latest()) and latest.done >= 100:
             break
         time.sleep(0.2)
     kill_tree(proc)  # like a lost machine: driver, JVM, Python workers, torchrun and ranks at once
-    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    ckpt = folder.latest()
+    killed_at = ckpt.done
+    assert torch.load(os.path.join(ckpt.folder, "checkpoint.pt"), weights_only=False)["step"] == killed_at
     assert 100 <= killed_at < 250 and not (tmp_path / "dc").exists()
     r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)  # the retry
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"resuming from {ckpt} (step {killed_at})" in r.stderr  # the driver says so
+    assert f"resuming from {ckpt.folder} (step {killed_at} done)" in r.stderr  # the driver says so
     assert f"resuming dcgan from step {killed_at}" in r.stderr + r.stdout
     layout = sorted(os.listdir(tmp_path / "dc"))
     assert layout == ["_sparkgan.json", "generated", "generator.json", "generator.pt", "loss_curves.png", "metrics",
@@ -208,4 +211,45 @@ def test_killed_training_resumes_to_the_same_layout(mnist, tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "starting fresh: the checkpoint" in r.stderr and "batch_size 64 → 32" in r.stderr
-    assert torch.load(ckpt, weights_only=False)["step"] == 20
+    assert sorted(n for n in os.listdir(folder.path) if n.startswith("step-")) == ["step-000010", "step-000020"]
+
+
+def test_upscale_keeps_the_colour_order(cli, tmp_path):
+    """An image whose red, green and blue differ (a red ramp across, a blue ramp down): upscaled with
+    an SRResNet that is the identity over bicubic (its last conv is zero, as a fresh one is), the
+    output is the bicubic upscale of the same RGB image, read back through the images contract.
+    A red/blue swap anywhere between the table and the network would show at once."""
+    import torch.nn.functional as F
+
+    from pipeline import images as im
+    from pipeline.gan.models import SRResNet
+
+    gen = tmp_path / "g"
+    gen.mkdir()
+    torch.save(SRResNet(1, 8, 4, True).state_dict(), gen / "generator.pt")
+    (gen / "generator.json").write_text(json.dumps({"model": "srgan", "width": 8, "blocks": 1, "nz": 100,
+                                                    "bicubic_skip": True}))
+    h, w = 12, 16
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[:, :, 0] = np.linspace(20, 235, w)[None, :]
+    rgb[:, :, 1] = 90
+    rgb[:, :, 2] = np.linspace(230, 30, h)[:, None]
+    import pyarrow as pa
+
+    from pipeline.schemas import IMAGE_FILE_SCHEMA
+
+    (tmp_path / "t" / "split=test").mkdir(parents=True)
+    row = ("colour", None, None, None, *im.array_to_row(rgb))
+    pq.write_table(pa.Table.from_pylist([dict(zip(IMAGE_FILE_SCHEMA.names, row))], schema=IMAGE_FILE_SCHEMA),
+                   tmp_path / "t" / "split=test" / "part-0.parquet")
+    code, _, err = cli("upscale", "--generator", gen, "--input", tmp_path / "t", "--output", tmp_path / "up",
+                       "--from-hr", "off", "--tile", 0)
+    assert code == 0, err
+    out = pq.read_table(tmp_path / "up" / "images").to_pylist()[0]
+    got = im.row_to_array(out["height"], out["width"], out["nChannels"], out["data"])
+    lr = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    want = (F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)[0]
+            .permute(1, 2, 0).numpy() * 255)
+    assert got.shape == (4 * h, 4 * w, 3)
+    assert np.abs(got.astype(np.float64) - want).max() <= 1.0  # rounding only
+    assert got[:, -1, 0].mean() > got[:, 0, 0].mean() + 150 and got[-1, :, 2].mean() < got[0, :, 2].mean() - 150

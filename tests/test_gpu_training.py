@@ -14,6 +14,7 @@ from pipeline.gan import checkpoints, data
 from pipeline.gan.config import TrainConfig
 from pipeline.gan.train import train_worker
 from pipeline.io import arrow_uri
+from pipeline.training_run import CheckpointFolder
 from tests.conftest import ROOT
 
 
@@ -34,8 +35,12 @@ def _small(model: str, tables, folder, **kw) -> TrainConfig:
                        **{"steps": 4, **sizes, **kw})
 
 
+def _checkpoint(folder) -> str:
+    return os.path.join(CheckpointFolder(str(folder), "step").latest().folder, checkpoints.CHECKPOINT)
+
+
 def _losses(folder) -> list:
-    return [(r["step"], r["name"], r["value"]) for r in checkpoints.read_metrics(folder) if r["name"] != "images_per_s"]
+    return [row for row in CheckpointFolder(str(folder), "step").metrics() if row[1] != "images_per_s"]
 
 
 @pytest.mark.parametrize("model", ["dcgan", "srgan"])
@@ -61,9 +66,9 @@ def test_a_resumed_run_continues_both_optimizers(model, tables, tmp_path):
     import torch
 
     train_worker(_small(model, tables, tmp_path, steps=2, pretrain_steps=0))
-    saved = torch.load(tmp_path / checkpoints.CHECKPOINT, weights_only=False)
+    saved = torch.load(_checkpoint(tmp_path), weights_only=False)
     train_worker(_small(model, tables, tmp_path, steps=3, pretrain_steps=0, resume=True, checkpoint_every=1))
-    state = torch.load(tmp_path / checkpoints.CHECKPOINT, weights_only=False)
+    state = torch.load(_checkpoint(tmp_path), weights_only=False)
     assert state["step"] == 3
     for opt in ("opt_g", "opt_d"):
         steps = {float(s["step"]) for s in state[opt]["state"].values()}
@@ -123,3 +128,46 @@ def test_worker_code_imports_no_pyspark_and_jobs_import_no_torch():
     listing = ("import sys; import pipeline.gan.job, pipeline.gan.upscale; "
                "assert 'torch' not in sys.modules, 'torch imported by a job module'")
     subprocess.run([sys.executable, "-c", listing], cwd=ROOT, check=True)
+
+
+def _multi_file_table(root, sizes) -> tuple[str, int]:
+    """An images table of len(sizes) Parquet files in split=train; image k has value k at its first pixel."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import images as im
+
+    os.makedirs(root / "split=train")
+    k = 0
+    for f, n in enumerate(sizes):
+        rows = []
+        for _ in range(n):
+            arr = np.zeros((4, 4), np.uint8)
+            arr[0, 0] = k
+            h, w, c, mode, d = im.array_to_row(arr)
+            rows.append({"path": f"p{k:03d}", "height": h, "width": w, "nChannels": c, "mode": mode, "data": d})
+            k += 1
+        pq.write_table(pa.Table.from_pylist(rows), root / "split=train" / f"part-{f:05d}.parquet")
+    return str(root), k
+
+
+def _first_pass(stream) -> list[int]:
+    """The ids one rank sees before its shard repeats (every pass yields each of its rows once)."""
+    seen = []
+    for arr in stream:
+        if int(arr[0, 0, 0] if arr.ndim == 3 else arr[0, 0]) in seen:
+            return seen
+        seen.append(int(arr[0, 0, 0] if arr.ndim == 3 else arr[0, 0]))
+
+
+@pytest.mark.parametrize("world", [2, 3, 7])
+def test_several_files_shard_over_several_ranks_once_each(tmp_path, world):
+    """Every row reaches exactly one rank: whole files per rank with at least as many files as
+    ranks, rows by index with fewer (7 ranks, 5 files)."""
+    table, n = _multi_file_table(tmp_path / "t", [7, 3, 11, 5, 6])
+    shards = [_first_pass(data.iter_images(table, "train", rank, world, seed=1)) for rank in range(world)]
+    assert sorted(sum(shards, [])) == list(range(n))  # all rows, none twice
+    assert all(shards)  # no rank idle
+    if world <= 5:  # whole files: a rank's rows are the files [rank::world]
+        sizes = [7, 3, 11, 5, 6]
+        assert [len(s) for s in shards] == [sum(sizes[rank::world]) for rank in range(world)]

@@ -7,6 +7,7 @@ from PIL import Image
 from pipeline import images as im
 from pipeline.ingest import load_bundled
 from pipeline.keras_files import KerasImageFileTransformer
+from tests.conftest import assert_close
 
 PHOTOS = ("astronaut", "camera", "cat", "coffee", "logo", "moon")
 
@@ -56,8 +57,7 @@ def test_default_loader_equals_keras_by_hand_and_bad_files_are_rows(spark, small
             str(root / "missing.png")]
     out = KerasImageFileTransformer(modelFile=path, batchSize=3).transform(uri_frame(spark, uris)).collect()
     got = {r.uri: r for r in out}
-    np.testing.assert_allclose(np.stack([got[u].predictions.toArray() for u in uris[:6]]), expected, rtol=1e-4,
-                               atol=1e-5)
+    assert_close(np.stack([got[u].predictions.toArray() for u in uris[:6]]), expected)
     broken, missing = got[str(root / "broken.png")], got[str(root / "missing.png")]
     assert broken.predictions is None and "truncated" in broken.predict_error
     assert missing.predictions is None and "unreadable file" in missing.predict_error
@@ -76,7 +76,7 @@ def test_custom_loader_struct_input_and_save_load(spark, small_model, files, tmp
     t = KerasImageFileTransformer(inputCol="uri", outputCol="out", modelFile=path, imageLoader=keras_style_loader)
     df = uri_frame(spark, paths)
     got = np.stack([r.out.toArray() for r in t.transform(df).collect()])
-    np.testing.assert_allclose(got, by_hand(model, paths, keras_style_loader), rtol=1e-4, atol=1e-5)
+    assert_close(got, by_hand(model, paths, keras_style_loader))
 
     t.write().overwrite().save(str(tmp_path / "t"))
     loaded = KerasImageFileTransformer.load(str(tmp_path / "t"))
@@ -95,7 +95,7 @@ def test_custom_loader_struct_input_and_save_load(spark, small_model, files, tmp
         im.image_struct(table)).orderBy("path").collect()
     by_uri = {r.uri: r.predictions for r in KerasImageFileTransformer(modelFile=path).transform(df).collect()}
     for a, b in zip(flat, struct):
-        np.testing.assert_allclose(a.predictions.toArray(), by_uri[a.path].toArray(), rtol=1e-5, atol=1e-6)
+        assert_close(a.predictions.toArray(), by_uri[a.path].toArray(), rtol=1e-5)
         np.testing.assert_array_equal(a.predictions.toArray(), b.predictions.toArray())
 
 

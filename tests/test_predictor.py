@@ -10,6 +10,7 @@ import pytest
 from pipeline import images as im
 from pipeline.ingest import load_bundled
 from pipeline.predictor import TOP_FILES, DeepImagePredictor, class_index, decode_predictions
+from tests.conftest import assert_close
 
 PHOTOS = ("astronaut", "camera", "cat", "coffee", "logo", "moon")
 
@@ -89,7 +90,7 @@ def test_predictions_equal_plain_keras_and_decode_in_spark(spark, photos):
     good = [r for r in rows if r.path != "broken"]
     got = np.stack([r.predicted_labels.toArray() for r in good])
     assert got.shape == (4, 1000)
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert_close(got, expected)
     np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-4)
     broken = next(r for r in rows if r.path == "broken")
     assert broken.predicted_labels is None and "undecodable image row" in broken.predict_error

@@ -79,10 +79,14 @@ def test_planted_model_generator_and_checkpoint_files_stop_the_jobs(spark, cli, 
     code, _, err = cli("upscale", "--generator", tmp_path / "g", "--input", table, "--output", tmp_path / "u")
     assert code == 2 and "generator.pt holds more than tensors" in err
     # train_gan --resume: a planted checkpoint in OUT.checkpoints, the folder every rank reads
-    plant(tmp_path / "dc.checkpoints" / "checkpoint.pt", proof)
-    code, _, err = cli("train_gan", "--input", table, "--output", tmp_path / "dc", "--resume", "auto",
-                       "--steps", 2, "--num-processes", 1, "--local-mode", "on")
+    gan = ("train_gan", "--input", table, "--output", tmp_path / "dc", "--steps", 2, "--checkpoint-every", 2,
+           "--batch-size", 8, "--width", 8, "--num-processes", 1, "--local-mode", "on")
+    code, _, err = cli(*gan)
+    assert code == 0, err
+    plant(tmp_path / "dc.checkpoints" / "step-000002" / "checkpoint.pt", proof)
+    code, _, err = cli(*gan, "--steps", 3, "--resume", "auto", "--mode", "overwrite")
     assert code == 2 and "checkpoint.pt holds more than tensors" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "dc" / "generator.pt").exists()  # the refused run replaced nothing
     # train_digits --resume: a planted state.pt in a complete epoch checkpoint of this configuration
     ckpt = tmp_path / "lenet.checkpoints"
     code, _, err = cli("train_digits", "--engine", "torch", "--input", table, "--output", tmp_path / "lenet",
@@ -94,7 +98,7 @@ def test_planted_model_generator_and_checkpoint_files_stop_the_jobs(spark, cli, 
                        "--mode", "overwrite")
     assert code == 2 and "state.pt holds more than tensors" in err
     assert not proof.exists()
-    for out in ("p", "u", "dc"):
+    for out in ("p", "u"):
         assert not (tmp_path / out).exists()
 
 

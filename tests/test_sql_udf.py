@@ -4,6 +4,7 @@ import pytest
 from pipeline import images as im
 from pipeline.featurize import DeepImageFeaturizer, register_udf, registerKerasImageUDF
 from pipeline.ingest import load_bundled
+from tests.conftest import assert_close
 
 PHOTOS = ("astronaut", "camera", "cat", "coffee", "logo", "moon")
 
@@ -44,7 +45,7 @@ def test_sql_function_equals_keras_by_hand(spark, images, small_model):
                   for a in arrays])
     expected = np.asarray(small_model.predict(x, verbose=0))
     got = np.array([by_name[f"bundled:photos/{n}"] for n in PHOTOS[:5]])
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert_close(got, expected)
     assert by_name["broken"] is None
 
     # the flat columns of an images table, and a preprocessor of one's own
@@ -67,7 +68,7 @@ def test_named_model_udf_equals_the_featurizer(spark, images):
         if r.path == "broken":
             assert sql["broken"] is None
         else:
-            np.testing.assert_allclose(sql[r.path], r.features.toArray(), rtol=1e-5, atol=1e-6)
+            assert_close(sql[r.path], r.features.toArray(), rtol=1e-5)
 
 
 def test_bad_udf_input_is_explained(spark, tmp_path):

@@ -16,10 +16,12 @@ import numpy as np
 
 from pipeline.digits import data
 from pipeline.errors import PipelineError
+from pipeline.training_run import Checkpoint, MetricLog
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "lenet5.bigdl"  # data.MODEL_FILES
+needs_bigdl = True
 
 
 def lenet5(classes: int = 10):
@@ -50,6 +52,31 @@ def sample_rdd(df, copies: int = 0):
     return df.select("path", *data.PIXEL_COLUMNS, "label_index").rdd.mapPartitions(convert)
 
 
+def check(opts) -> None:
+    from pipeline.cores import job_cores
+    from pipeline.session import bigdl_missing
+
+    if reason := bigdl_missing():
+        raise PipelineError(f"--engine bigdl: {reason}; use --engine torch")
+    if cores := job_cores(opts, "train_digits"):  # the cores the profile plans, before Spark starts
+        check_batch_cores(opts.batch_size, cores)
+
+
+def trusted(checkpoint: Checkpoint) -> None:
+    """BigDL's loaders have no safe mode: only a checkpoint no one else can write is loaded."""
+    from pipeline.safety import check_private
+
+    check_private(checkpoint.folder, "--resume: the checkpoint")
+
+
+def check_model_file(path: str) -> None:
+    from pipeline.io import is_local
+    from pipeline.safety import check_private
+
+    if is_local(path):
+        check_private(os.path.dirname(path), "--model")
+
+
 def check_batch(spark, batch_size: int) -> None:
     check_batch_cores(batch_size, spark.sparkContext.defaultParallelism)
 
@@ -63,40 +90,40 @@ def check_batch_cores(batch_size: int, cores: int) -> None:
                             f"(BigDL splits each batch evenly over them); use e.g. {lo} or {lo + cores}")
 
 
-def train(spark, opts, run_id: str, train_df, test_df, n_train: int, classes: int, resumed=None):
-    """Train from scratch or from `resumed` (folder, epoch); returns (model, [(epoch, name, value)])."""
+def train(spark, plan, splits) -> None:
+    """From scratch or from plan.resume; each epoch ends in a sealed checkpoint and its metric rows."""
     from bigdl.dllib.nn.criterion import ClassNLLCriterion
     from bigdl.dllib.nn.layer import Model
     from bigdl.dllib.optim.optimizer import (SGD, Adam, EveryEpoch, Loss, MaxEpoch, OptimMethod, Optimizer,
                                              Top1Accuracy, TrainSummary, ValidationSummary)
 
-    check_batch(spark, opts.batch_size)
+    check_batch(spark, plan.batch_size)
     cores = spark.sparkContext.defaultParallelism
-    train_rdd = sample_rdd(train_df, opts.augment).repartition(cores).cache()
-    test_rdd = sample_rdd(test_df).repartition(cores).cache()
+    train_rdd = sample_rdd(splits.train, plan.augment).repartition(cores).cache()
+    test_rdd = sample_rdd(splits.test).repartition(cores).cache()
 
-    if resumed:
-        folder, start = resumed
+    if plan.resume:
+        folder, start = plan.resume.folder, plan.resume.done
         model, optim = Model.loadModel(os.path.join(folder, "model")), OptimMethod.load(os.path.join(folder, "optim"))
     else:
-        model, start = lenet5(classes), 0
-        decay = data.lr_decay(opts.epochs, n_train, opts.augment, opts.batch_size)
-        optim = (SGD(learningrate=opts.learning_rate, learningrate_decay=decay, momentum=0.9, dampening=0.0,
-                     nesterov=True) if opts.optimizer == "sgd"
-                 else Adam(learningrate=opts.learning_rate, learningrate_decay=decay))
-    logdir = os.path.join(opts.checkpoint_dir, "summaries")
+        model, start = lenet5(plan.classes), 0
+        decay = data.lr_decay(plan.epochs, plan.n_train, plan.augment, plan.batch_size)
+        optim = (SGD(learningrate=plan.learning_rate, learningrate_decay=decay, momentum=0.9, dampening=0.0,
+                     nesterov=True) if plan.optimizer == "sgd"
+                 else Adam(learningrate=plan.learning_rate, learningrate_decay=decay))
+    logdir = os.path.join(plan.folder.path, "summaries")
     optimizer = Optimizer.create(model=model, training_set=train_rdd, criterion=ClassNLLCriterion(),
-                                 end_trigger=MaxEpoch(max(start, 1)), batch_size=opts.batch_size, optim_method=optim)
-    optimizer.set_validation(batch_size=opts.batch_size, val_rdd=test_rdd, trigger=EveryEpoch(),
+                                 end_trigger=MaxEpoch(max(start, 1)), batch_size=plan.batch_size, optim_method=optim)
+    optimizer.set_validation(batch_size=plan.batch_size, val_rdd=test_rdd, trigger=EveryEpoch(),
                              val_method=[Top1Accuracy(), Loss(ClassNLLCriterion())])
-    train_summary, val_summary = TrainSummary(logdir, run_id), ValidationSummary(logdir, run_id)
+    train_summary, val_summary = TrainSummary(logdir, plan.run_id), ValidationSummary(logdir, plan.run_id)
     optimizer.set_train_summary(train_summary)
     optimizer.set_val_summary(val_summary)
 
-    history = []
-    samples = n_train * (1 + opts.augment)
-    iters = -(-samples // opts.batch_size)
-    for epoch in range(start + 1, opts.epochs + 1):
+    metrics = MetricLog(plan.folder.path, start)
+    samples = plan.n_train * (1 + plan.augment)
+    iters = -(-samples // plan.batch_size)
+    for epoch in range(start + 1, plan.epochs + 1):
         optimizer.set_end_when(MaxEpoch(epoch))
         t0 = time.perf_counter()
         model = optimizer.optimize()
@@ -106,14 +133,20 @@ def train(spark, opts, run_id: str, train_df, test_df, n_train: int, classes: in
                   "val_loss": float(val_summary.read_scalar("Loss")[-1][1]),
                   "val_top1": float(val_summary.read_scalar("Top1Accuracy")[-1][1]),
                   "samples_per_s": samples / seconds}
-        history += data.log_epoch(epoch, opts.epochs, values)
-        folder = data.new_checkpoint(opts.checkpoint_dir, epoch)
-        model.saveModel(os.path.join(folder, "model"), over_write=True)
-        optim.save(os.path.join(folder, "optim"), True)
-        data.seal(folder)
+        data.log_epoch(epoch, plan.epochs, values)
+        metrics.add(epoch, **values)
+        checkpoint = plan.folder.new(epoch)
+        model.saveModel(os.path.join(checkpoint, "model"), over_write=True)
+        optim.save(os.path.join(checkpoint, "optim"), True)
+        plan.folder.seal(checkpoint)
     train_rdd.unpersist()
     test_rdd.unpersist()
-    return model, history
+
+
+def load_checkpoint(checkpoint: Checkpoint):
+    from bigdl.dllib.nn.layer import Model
+
+    return Model.loadModel(os.path.join(checkpoint.folder, "model"))
 
 
 def load(path: str):

@@ -1,4 +1,4 @@
-"""What both LeNet-5 engines share: the input tensor, the shifted copies, the splits, checkpoints.
+"""What both LeNet-5 engines share: the input tensor, the shifted copies, the splits, the progress line.
 
 Nothing here imports BigDL or torch, so either engine (and the executors that convert rows) can
 use it; the Spark helpers import pyspark inside the function.
@@ -6,18 +6,14 @@ use it; the Spark helpers import pyspark inside the function.
 
 from __future__ import annotations
 
-import glob
-import json
 import logging
-import os
-import shutil
 import zlib
 
 import numpy as np
 
 from pipeline import images as im
+from pipeline import tracking
 from pipeline.errors import PipelineError
-from pipeline.io import local_path
 from pipeline.schemas import PREDICTIONS_SCHEMA, ddl
 
 log = logging.getLogger("pipeline.digits")
@@ -60,8 +56,10 @@ def lr_decay(epochs: int, n_train: int, copies: int, batch_size: int) -> float:
 
 
 def load_splits(spark, path: str):
-    """(train rows, test rows, n_train, n_test, classes) of a labelled images table."""
+    """The labelled train and test rows of an images table, counted."""
     from pyspark.sql import functions as F
+
+    from pipeline.digits.engines import Splits
 
     df = spark.read.parquet(path)
     missing = {"data", "height", "width", "nChannels", "label_index", "split"} - set(df.columns)
@@ -74,67 +72,13 @@ def load_splits(spark, path: str):
         raise PipelineError(f"--input {path}: needs labelled rows in both train and test splits "
                             f"(found {', '.join(sorted(by_split)) or 'none'})")
     classes = 1 + max(r.top for r in stats)
-    return (labelled.where(F.col("split") == "train"), labelled.where(F.col("split") == "test"),
-            by_split["train"].n, by_split["test"].n, classes)
+    return Splits(labelled.where(F.col("split") == "train"), labelled.where(F.col("split") == "test"),
+                  by_split["train"].n, by_split["test"].n, classes)
 
 
 def log_epoch(epoch: int, epochs: int, values: dict) -> list[tuple[int, str, float]]:
     """The epoch's progress line (both engines print the same one) and its metric rows."""
     log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val top-1 %.4f  %.0f samples/s", epoch, epochs,
              values["train_loss"], values["val_loss"], values["val_top1"], values["samples_per_s"])
+    tracking.log_metrics(values, epoch)  # into the job's MLflow run, when tracked
     return [(epoch, name, float(value)) for name, value in values.items()]
-
-
-# ---------------------------------------------------------------- epoch checkpoints
-
-def latest_checkpoint(folder: str) -> tuple[str, int] | None:
-    """(folder, epoch) of the newest complete checkpoint (one with its DONE marker), or None."""
-    done = sorted(glob.glob(os.path.join(local_path(folder), "epoch-*", "DONE")))
-    if not done:
-        return None
-    d = os.path.dirname(done[-1])
-    return d, int(os.path.basename(d).split("-")[1])
-
-
-FINGERPRINT = "config.json"
-
-
-def resume_point(folder: str, mode: str, fingerprint: dict) -> tuple[tuple[str, int] | None, str]:
-    """(checkpoint to continue from or None, the line that says why) for --resume on|auto|off;
-    the fingerprint (data, model and optimizer settings; the epoch count may grow) must match."""
-    from pipeline.options import resume_decision
-
-    latest = latest_checkpoint(folder)
-    try:
-        with open(os.path.join(local_path(folder), FINGERPRINT)) as fh:
-            saved = json.load(fh)
-    except (OSError, ValueError):
-        saved = {}
-    found = f"{latest[0]} (epoch {latest[1]} done)" if latest else None
-    resume, why = resume_decision(mode, found, saved, fingerprint)
-    return (latest if resume else None), why
-
-
-def start_fresh(folder: str, fingerprint: dict, run_id: str) -> None:
-    """Drop an earlier run's checkpoints (only a folder of ours: pipeline/safety.py); record whose the
-    next ones are."""
-    from pipeline.safety import fresh_folder
-
-    fresh_folder(local_path(folder), "--checkpoint-dir", "train_digits", run_id)
-    with open(os.path.join(local_path(folder), FINGERPRINT), "w") as fh:
-        json.dump(fingerprint, fh, sort_keys=True)
-
-
-def new_checkpoint(folder: str, epoch: int) -> str:
-    """An empty epoch-NNNN folder to write a checkpoint into; call `seal` once it is whole."""
-    d = os.path.join(local_path(folder), f"epoch-{epoch:04d}")
-    shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(d)
-    return d
-
-
-def seal(folder: str, keep: int = 2) -> None:
-    """Mark a checkpoint complete (a folder without DONE is ignored), keep the newest `keep`."""
-    open(os.path.join(folder, "DONE"), "w").close()
-    for old in sorted(glob.glob(os.path.join(os.path.dirname(folder), "epoch-*")))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)

@@ -13,13 +13,14 @@ import logging
 import os
 
 from pipeline import options
-from pipeline.digits import data
+from pipeline.digits import data, engines
 from pipeline.errors import PipelineError
 from pipeline.io import absolute, atomic_output, local_path
+from pipeline.training_run import CheckpointFolder, data_version
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("bigdl", "torch")
+ENGINES = tuple(engines.ENGINES)
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -64,92 +65,51 @@ def validate(opts) -> None:
     options.positive(opts, "epochs", "batch_size")
     if opts.learning_rate <= 0:
         raise PipelineError(f"--learning-rate {opts.learning_rate}: expected a positive number")
-    if opts.engine == "bigdl":
-        from pipeline.session import bigdl_missing
-
-        if reason := bigdl_missing():
-            raise PipelineError(f"--engine bigdl: {reason}; use --engine torch")
-        from pipeline.cores import job_cores
-        from pipeline.digits.bigdl_engine import check_batch_cores
-
-        if cores := job_cores(opts, "train_digits"):  # the cores the profile plans, before Spark starts
-            check_batch_cores(opts.batch_size, cores)
-    else:
-        options.check_distributor(opts)
+    engines.engine(opts.engine).check(opts)
     opts.input = options.input_table(opts.input, hint=" (run `sparkgan ingest` first)")
     opts.checkpoint_dir = local_path(absolute(opts.checkpoint_dir or f"{absolute(opts.output)}.checkpoints"))
-    if opts.resume == "on" and not data.latest_checkpoint(opts.checkpoint_dir):
+    if opts.resume == "on" and not CheckpointFolder(opts.checkpoint_dir, "epoch").latest():
         raise PipelineError(f"--resume: no checkpoint in {opts.checkpoint_dir}")
     options.output(opts)
 
 
 def uses_bigdl(opts) -> bool:
-    return opts.engine == "bigdl"
-
-
-def engine_module(name: str):
-    if name == "bigdl":
-        from pipeline.digits import bigdl_engine as engine
-    else:
-        from pipeline.digits import torch_engine as engine
-    return engine
+    return engines.engine(opts.engine).needs_bigdl
 
 
 def fingerprint(opts, n_train: int, classes: int) -> dict:
     """What a checkpoint must share with this run to be continued (the epoch count may grow)."""
-    return {"engine": opts.engine, "input": opts.input, "n_train": n_train, "classes": classes,
+    return {"engine": opts.engine, "input": opts.input, "data": data_version(opts.input), "n_train": n_train,
+            "classes": classes,
             "batch_size": opts.batch_size, "learning_rate": opts.learning_rate, "optimizer": opts.optimizer,
             "augment": opts.augment}
 
 
 def run(spark, opts, record, _=None) -> dict:
-    train, test, n_train, n_test, classes = data.load_splits(spark, opts.input)
-    config = fingerprint(opts, n_train, classes)
-    resumed, why = data.resume_point(opts.checkpoint_dir, opts.resume, config)
-    log.info("%s", why)
-    record.metrics["resumed_from_epoch"] = resumed[1] if resumed else 0
-    if not resumed:
-        data.start_fresh(opts.checkpoint_dir, config, record.run_id)
+    splits = data.load_splits(spark, opts.input)
+    folder = CheckpointFolder(opts.checkpoint_dir, "epoch")
+    config = fingerprint(opts, splits.n_train, splits.classes)
+    resume = folder.decide(opts.resume, config)
+    log.info("%s", resume.why)
+    record.metrics["resumed_from_epoch"] = resume.done
+    engine = engines.engine(opts.engine)
+    if resume.checkpoint:
+        engine.trusted(resume.checkpoint)  # on the driver, before any rank or executor loads it
     else:
-        trusted(opts.engine, resumed[0])
-        if resumed[1] >= opts.epochs:
-            log.info("checkpoint already has %d epochs; evaluating only", resumed[1])
-    engine = engine_module(opts.engine)
-    if opts.engine == "bigdl":
-        model, history = engine.train(spark, opts, record.run_id, train, test, n_train, classes, resumed)
+        folder.start_fresh(config, "train_digits", record.run_id)
+    plan = engines.Plan(
+        input=opts.input, folder=folder, epochs=opts.epochs, batch_size=opts.batch_size,
+        learning_rate=opts.learning_rate, optimizer=opts.optimizer, augment=opts.augment, classes=splits.classes,
+        n_train=splits.n_train, run_id=record.run_id, resume=resume.checkpoint, num_processes=opts.num_processes,
+        local_mode=opts.local_mode == "on", use_gpu=opts.use_gpu == "on",
+        threads=options.threads_per_process(spark, opts))
+    if resume.done < opts.epochs:
+        engine.train(spark, plan, splits)
     else:
-        model, history = train_torch(spark, opts, n_train, classes, resumed)
-    return write_outputs(spark, opts, record, engine, model, train.unionByName(test), classes, history,
-                         n_train + n_test)
-
-
-def trusted(engine: str, folder: str) -> None:
-    """Refuse, on the driver and before any rank starts, a checkpoint that could run code when loaded."""
-    from pipeline import safety
-
-    if engine == "torch":
-        from pipeline.digits.torch_engine import STATE_FILE
-
-        safety.load_tensors(os.path.join(folder, STATE_FILE), "--resume: the checkpoint", mmap=True)
-    else:
-        safety.check_private(folder, "--resume: the checkpoint")
-
-
-def train_torch(spark, opts, n_train: int, classes: int, resumed):
-    from pipeline import ddp
-    from pipeline.digits import torch_engine
-
-    cfg = torch_engine.TrainConfig(
-        input=local_path(opts.input), checkpoint_dir=opts.checkpoint_dir, epochs=opts.epochs,
-        batch_size=opts.batch_size, learning_rate=opts.learning_rate, optimizer=opts.optimizer, augment=opts.augment,
-        classes=classes, n_train=n_train, resume_from=resumed[0] if resumed else None,
-        threads=options.threads_per_process(spark, opts),
-        use_gpu=opts.use_gpu == "on")
-    history = []
-    if not resumed or resumed[1] < opts.epochs:
-        history = ddp.launch(spark, torch_engine.train_worker, cfg, opts.num_processes, opts.local_mode == "on",
-                             cfg.use_gpu) or []
-    return torch_engine.load_checkpoint(data.latest_checkpoint(opts.checkpoint_dir)[0]), history
+        log.info("checkpoint already has %d epochs; evaluating only", resume.done)
+    model = engine.load_checkpoint(folder.latest())
+    return write_outputs(spark, opts, record, engine, model, splits.train.unionByName(splits.test), splits.classes,
+                         folder.metrics(), splits.n_train + splits.n_test)
 
 
 def write_outputs(spark, opts, record, engine, model, rows, classes, history, rows_in) -> dict:

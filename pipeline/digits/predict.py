@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from pipeline import options
-from pipeline.digits import data
+from pipeline.digits import data, engines
 from pipeline.errors import PipelineError
 from pipeline.io import absolute, atomic_output, is_local, local_path
 
@@ -27,33 +27,24 @@ def validate(opts) -> None:
             raise PipelineError(f"--model {opts.model}: no saved model there (expected {' or '.join(data.MODEL_FILES)})")
         opts.model = path
     opts.engine = data.MODEL_FILES.get(os.path.basename(opts.model), "bigdl")
-    if opts.engine == "torch":
-        from pipeline.safety import load_tensors
-
-        load_tensors(opts.model, "--model")
-    elif is_local(opts.model):
-        from pipeline.safety import check_private
-
-        check_private(os.path.dirname(opts.model), "--model")
-    if opts.engine == "bigdl":
+    if engines.engine(opts.engine).needs_bigdl:
         from pipeline.session import bigdl_missing
 
         if reason := bigdl_missing():
             raise PipelineError(f"--model {opts.model}: a BigDL model, and {reason}")
+    engines.engine(opts.engine).check_model_file(opts.model)  # a file that could run code is refused here
     opts.input = options.input_table(opts.input)
     options.output(opts)
 
 
 def uses_bigdl(opts) -> bool:
-    return opts.engine == "bigdl"
+    return engines.engine(opts.engine).needs_bigdl
 
 
 def run(spark, opts, record, _=None) -> dict:
     from pyspark.sql import functions as F
 
-    from pipeline.digits.job import engine_module
-
-    engine = engine_module(opts.engine)
+    engine = engines.engine(opts.engine)
     images = spark.read.parquet(opts.input)
     for column in ("label", "split"):
         if column not in images.columns:

@@ -22,12 +22,14 @@ from torch.nn import functional as F
 
 from pipeline import ddp
 from pipeline.digits import data
-from pipeline.io import arrow_filesystem
+from pipeline.io import arrow_filesystem, local_path
 from pipeline.tablelog import committed_files
+from pipeline.training_run import Checkpoint, CheckpointFolder, MetricLog
 from pipeline.workers import skip_zip_rereads
 
 MODEL_FILE = "lenet5.pt"  # data.MODEL_FILES
 STATE_FILE = "state.pt"
+needs_bigdl = False
 
 
 class LeNet5(nn.Module):
@@ -139,6 +141,8 @@ def train_worker(cfg: TrainConfig):
         start = state["epoch"]
 
     history = []
+    folder = CheckpointFolder(cfg.checkpoint_dir, "epoch")
+    metrics = MetricLog(folder.path, start) if r.rank == 0 else None
     for epoch in range(start + 1, cfg.epochs + 1):
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed * 10007 + epoch * 101 + r.rank))
         t0, total = time.perf_counter(), 0.0
@@ -154,22 +158,52 @@ def train_worker(cfg: TrainConfig):
         train_loss = _all_sum([total / max(steps, 1)], r)[0] / r.world
         val_loss, val_top1 = evaluate(model, xt, yt, r)
         if r.rank == 0:
-            history += data.log_epoch(epoch, cfg.epochs, {"train_loss": train_loss, "val_loss": val_loss,
-                                                          "val_top1": val_top1,
-                                                          "samples_per_s": steps * cfg.batch_size / seconds})
-            folder = data.new_checkpoint(cfg.checkpoint_dir, epoch)
+            values = {"train_loss": train_loss, "val_loss": val_loss, "val_top1": val_top1,
+                      "samples_per_s": steps * cfg.batch_size / seconds}
+            history += data.log_epoch(epoch, cfg.epochs, values)
+            metrics.add(epoch, **values)
+            checkpoint = folder.new(epoch)
             ddp.save_atomic({"model": ddp.unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                              "scheduler": sched.state_dict(), "decay": decay, "epoch": epoch,
                              "classes": cfg.classes},
-                            os.path.join(folder, STATE_FILE))
-            data.seal(folder)
+                            os.path.join(checkpoint, STATE_FILE))
+            folder.seal(checkpoint)
         ddp.barrier(r)
     ddp.teardown(r)
     return history if r.rank == 0 else None
 
 
-def load_checkpoint(folder: str) -> LeNet5:
-    state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+def check(opts) -> None:
+    from pipeline.options import check_distributor
+
+    check_distributor(opts)
+
+
+def trusted(checkpoint: Checkpoint) -> None:
+    """Refuse, on the driver and before any rank starts, a checkpoint that could run code when loaded."""
+    from pipeline.safety import load_tensors
+
+    load_tensors(os.path.join(checkpoint.folder, STATE_FILE), "--resume: the checkpoint", mmap=True)
+
+
+def check_model_file(path: str) -> None:
+    from pipeline.safety import load_tensors
+
+    load_tensors(path, "--model")
+
+
+def train(spark, plan, splits) -> None:
+    """DDP ranks through TorchDistributor (pipeline.ddp.launch), each reading its shard of the table."""
+    cfg = TrainConfig(
+        input=local_path(plan.input), checkpoint_dir=plan.folder.path, epochs=plan.epochs,
+        batch_size=plan.batch_size, learning_rate=plan.learning_rate, optimizer=plan.optimizer,
+        augment=plan.augment, classes=plan.classes, n_train=plan.n_train,
+        resume_from=plan.resume.folder if plan.resume else None, threads=plan.threads, use_gpu=plan.use_gpu)
+    ddp.launch(spark, train_worker, cfg, plan.num_processes, plan.local_mode, plan.use_gpu)
+
+
+def load_checkpoint(checkpoint: Checkpoint) -> LeNet5:
+    state = torch.load(os.path.join(checkpoint.folder, STATE_FILE), map_location="cpu", weights_only=True)
     model = LeNet5(state["classes"])
     model.load_state_dict(state["model"])
     return model.eval()

@@ -21,6 +21,7 @@ from pipeline.gan import checkpoints, data
 from pipeline.gan.config import TrainConfig
 from pipeline.images import MAX_PIXELS
 from pipeline.io import absolute, atomic_output, is_local, local_path
+from pipeline.training_run import CheckpointFolder, Resume, data_version
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def validate(opts):
     if is_local(opts.input) and not os.path.isdir(os.path.join(local_path(opts.input), "split=train")):
         raise PipelineError(f"--input {opts.input}: expected an images table with a split=train folder")
     opts.checkpoint_dir = local_path(f"{absolute(opts.output)}.checkpoints")
-    if opts.resume == "on" and not checkpoints.latest_checkpoint(opts.checkpoint_dir):
+    if opts.resume == "on" and not CheckpointFolder(opts.checkpoint_dir, "step").latest():
         raise PipelineError(f"--resume: no checkpoint in {opts.checkpoint_dir}")
     options.output(opts)
 
@@ -102,23 +103,28 @@ def worker_config(opts, steps_per_epoch: int, threads: int) -> TrainConfig:
         prefetch=opts.prefetch, max_pixels=opts.max_pixels)
 
 
-# What a checkpoint must share with this run to be continued: the model, the data and the shapes.
+# What a checkpoint must share with this run to be continued: the model, the data (its path here,
+# its row count in resume_point) and the shapes.
 # The step counts (and how often to log, sample or checkpoint) may change: more steps extend a run.
 FINGERPRINT = ("model", "input", "batch_size", "lr", "width", "nz", "blocks", "crop", "bicubic_skip",
                "vgg19_weights", "seed")
 
 
-def resume_point(opts, cfg: TrainConfig) -> tuple[bool, int, str]:
-    """(continue?, the checkpoint's step or 0, the line that says why) for --resume on|auto|off."""
+def resume_point(opts, cfg: TrainConfig, n_train: int, record) -> Resume:
+    """--resume on|auto|off: continue the newest checkpoint of this configuration, or start a fresh folder."""
     from pipeline.safety import load_tensors
 
-    found = checkpoints.latest_checkpoint(opts.checkpoint_dir) if opts.resume != "off" else None
-    # mmap: only the settings and the step are read here, not the weights and Adam moments
-    state = load_tensors(found, "--resume: the checkpoint", mmap=True) if found else {}
-    saved, current = state.get("cfg") or {}, cfg.to_dict()
-    resume, why = options.resume_decision(opts.resume, found and f"{found} (step {state.get('step')})",
-                                          {k: saved.get(k) for k in FINGERPRINT}, {k: current[k] for k in FINGERPRINT})
-    return resume, state.get("step", 0) if resume else 0, why
+    folder = CheckpointFolder(opts.checkpoint_dir, "step")
+    current = cfg.to_dict()
+    # the data's version and rows too: a table at the same path that has changed is other data
+    fingerprint = {**{k: current[k] for k in FINGERPRINT}, "data": data_version(opts.input), "n_train": n_train}
+    resume = folder.decide(opts.resume, fingerprint)
+    if resume.checkpoint:  # refused here, on the driver, before any rank loads it; mmap: no weights read
+        load_tensors(os.path.join(resume.checkpoint.folder, checkpoints.CHECKPOINT), "--resume: the checkpoint",
+                     mmap=True)
+    else:
+        folder.start_fresh(fingerprint, "train_gan", record.run_id)
+    return resume
 
 
 def run(spark, opts, record, _=None) -> dict:
@@ -139,14 +145,10 @@ def run(spark, opts, record, _=None) -> dict:
         log.warning("%d of %d training rows cannot be trained on; they go to %s/rejected", n_bad, n_rows,
                     opts.output)
     cfg = worker_config(opts, max(1, n_train // opts.batch_size), options.threads_per_process(spark, opts))
-    resume, step, why = resume_point(opts, cfg)
-    log.info("%s", why)
-    record.metrics["resumed_from_step"] = step
-    if not resume:
-        from pipeline.safety import fresh_folder
-
-        fresh_folder(opts.checkpoint_dir, "checkpoint folder", "train_gan", record.run_id)
-    cfg = dataclasses.replace(cfg, resume=resume)
+    resume = resume_point(opts, cfg, n_train, record)
+    log.info("%s", resume.why)
+    record.metrics["resumed_from_step"] = resume.done
+    cfg = dataclasses.replace(cfg, resume=resume.checkpoint is not None)
     result = ddp.launch(spark, train_worker, cfg, opts.num_processes, opts.local_mode == "on",
                         opts.use_gpu == "on") or {}
     log.info("training finished: %s", result)
@@ -159,7 +161,7 @@ def unusable(train, min_side: int, max_pixels: int):
     import pyarrow as pa
 
     from pipeline.gan.data import row_problem
-    from pipeline.schemas import REJECTED_SCHEMA
+    from pipeline.schemas import REJECTED_SCHEMA, ddl
 
     def reasons(batches):
         for b in batches:
@@ -170,13 +172,13 @@ def unusable(train, min_side: int, max_pixels: int):
                                               pa.array(["train"] * len(rows), pa.string()),
                                               pa.array([None] * len(rows), pa.string())], schema=REJECTED_SCHEMA)
     return (train.selectExpr("path", "height", "width", "nChannels", "length(data) AS nbytes")
-            .mapInArrow(reasons, "path string, reason string, stage string, run_id string"))
+            .mapInArrow(reasons, ddl(REJECTED_SCHEMA)))
 
 
 def write_outputs(spark, opts, record, images, counted, cfg: TrainConfig) -> dict:
     from pipeline import metrics, plots
 
-    rows = checkpoints.read_metrics(opts.checkpoint_dir)
+    rows = CheckpointFolder(opts.checkpoint_dir, "step").metrics()
     summary = {}
     with atomic_output(spark, opts.output, record, opts.mode) as tmp:
         local = local_path(tmp)
@@ -184,12 +186,11 @@ def write_outputs(spark, opts, record, images, counted, cfg: TrainConfig) -> dic
         shutil.copy(os.path.join(opts.checkpoint_dir, checkpoints.GENERATOR), os.path.join(local, "generator.pt"))
         with open(os.path.join(local, "generator.json"), "w") as fh:
             json.dump(cfg.generator_meta(), fh)
-        spark.createDataFrame(metrics.metric_rows(record.run_id, [(r["step"], r["name"], r["value"]) for r in rows]),
-                              metrics.METRICS_DDL).coalesce(1).write.parquet(f"{tmp}/metrics")
+        spark.createDataFrame(metrics.metric_rows(record.run_id, rows), metrics.METRICS_DDL).coalesce(1).write.parquet(f"{tmp}/metrics")
         series = {}
-        for r in rows:
-            if r["name"].startswith("loss"):
-                series.setdefault(r["name"], []).append((r["step"], r["value"]))
+        for step, name, value in rows:
+            if name.startswith("loss"):
+                series.setdefault(name, []).append((step, value))
         plots.curves_png(series, os.path.join(local, "loss_curves.png"), f"{opts.model} losses", xlabel="step")
         if opts.model == "dcgan":
             write_samples(spark, opts.checkpoint_dir, tmp, record.run_id)
@@ -202,7 +203,7 @@ def write_outputs(spark, opts, record, images, counted, cfg: TrainConfig) -> dic
         # the rows trained on, and the rows skipped: every training row is one or the other
         record.rows_in, record.rows_rejected = n_rows, spark.read.parquet(f"{tmp}/rejected").count()
         record.rows_out = n_rows - record.rows_rejected
-    last = {r["name"]: r["value"] for r in rows}
+    last = {name: value for _, name, value in rows}
     record.metrics.update({**last, **summary})
     record.outputs = {"generator": f"{opts.output}/generator.pt", "metrics": f"{opts.output}/metrics",
                    "figures": f"{opts.output}/" + ("samples/*.png" if opts.model == "dcgan" else "sr_*.png")}
@@ -217,19 +218,17 @@ def write_samples(spark, checkpoint_dir: str, tmp: str, run_id: str) -> None:
     table (generated/, split "generated", with its step) for whatever reads images next."""
     from pipeline import images as im
     from pipeline import plots
+    from pipeline.schemas import GENERATED_SCHEMA, ddl
 
     os.makedirs(os.path.join(local_path(tmp), "samples"))
     generated = []
     for k, (step, path) in enumerate(checkpoints.samples(checkpoint_dir), 1):
         grid = np.load(path)[:, 0]
         plots.image_grid_png(list(grid), os.path.join(local_path(tmp), "samples", f"epoch_{k:03d}_step_{step:06d}.png"))
-        generated += [(f"generated:{run_id}/step_{step:06d}/{i:02d}", step, *im.array_to_row(g))
-                      for i, g in enumerate(grid)]
-    (spark.createDataFrame(generated, "path string, step int, height int, width int, nChannels int, mode int, "
-                                      "data binary")
-     .selectExpr("path", "CAST(NULL AS STRING) AS origin", "CAST(NULL AS STRING) AS label",
-                 "CAST(NULL AS INT) AS label_index", "height", "width", "nChannels", "mode", "data",
-                 "step", "'generated' AS split")
+        # the images contract's row (path, origin, label, label_index, pixels), then step and split
+        generated += [(f"generated:{run_id}/step_{step:06d}/{i:02d}", None, None, None, *im.array_to_row(g), step,
+                       "generated") for i, g in enumerate(grid)]
+    (spark.createDataFrame(generated, ddl(GENERATED_SCHEMA))
      .coalesce(1).write.partitionBy("split").parquet(f"{tmp}/generated"))
 
 

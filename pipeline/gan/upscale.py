@@ -18,11 +18,11 @@ from pipeline.errors import PipelineError
 from pipeline.gan.config import DEFAULT_TILE, SCALE
 from pipeline.images import MAX_PIXELS
 from pipeline.io import Files, absolute, atomic_output, local_path
+from pipeline.schemas import SR_SCORES
 from pipeline.workers import skip_zip_rereads
 
-OUT_FIELDS = ("height", "width", "nChannels", "data_latin1", "psnr_sr", "psnr_bicubic", "ssim_sr", "ssim_bicubic",
-              "reason")
-SCORES = OUT_FIELDS[4:8]
+SCORES = SR_SCORES  # the output table is UPSCALED_SCHEMA
+OUT_FIELDS = ("height", "width", "nChannels", "data_latin1", *SCORES, "reason")  # what the inference UDF returns
 # --from-hr on scores SR against HR on the Y channel after a 4-pixel border crop, with an 11x11 SSIM
 # window: an HR image needs 4 + 11 + 4 pixels a side, so 20 once cut to a multiple of 4.
 MIN_HR_SIDE = 20
