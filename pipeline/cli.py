@@ -34,6 +34,7 @@ JOBS = {
     "transfer_demo": JobSpec("pipeline.demos.transfer", "offline transfer-learning demo on MNIST digits"),
     "train_gan": JobSpec("pipeline.gan.job", "DCGAN / SRGAN training on workers via TorchDistributor"),
     "upscale": JobSpec("pipeline.gan.upscale", "batch 4x super-resolution with a trained SRResNet"),
+    "export": JobSpec("pipeline.export", "images table → WebDataset tar shards + Parquet index (local or s3://)"),
 }
 
 COMMON = ("job", "conf_file", "conf", "runs_table", "verbose", "remote")
