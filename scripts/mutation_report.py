@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(missed) - len(unexplained)} equivalent, {len(unexplained)} other survivors; "
           + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if unexplained:
-        print("mutation: survivors that are not known equivalents want a test (tests/test_units.py)")
+        print("mutation: survivors that are not known equivalents want a test (tests/test_<module>.py)")
     return 0 if rate >= args.min else 1
 
 

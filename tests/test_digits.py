@@ -145,3 +145,34 @@ def test_a_killed_try_is_retried_with_resume_auto_from_its_checkpoint(spark, mni
     assert sorted(metrics[metrics.name == "val_top1"].step) == [1]
     code = subprocess.run([*args, "--resume", "on"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert code.returncode == 2 and "is of another configuration (batch_size 64 → 32)" in code.stderr
+
+
+# ---------------------------------------------------------------- the torch engine alone, no Spark
+
+
+def test_torch_digits_resume_equals_an_uninterrupted_run(tmp_path):
+    """Three epochs straight, or killed after the second and resumed: the same weights, bit for bit
+    (the optimizer's moments and the schedule come back from the checkpoint, not from zero)."""
+    import shutil
+
+    import torch
+
+    from pipeline.digits.torch_engine import STATE_FILE, TrainConfig, train_worker
+    from tests.conftest import digits_table
+
+    table = digits_table(tmp_path / "digits", n_train=400, n_test=100)
+
+    def cfg(folder, resume_from=None):
+        return TrainConfig(input=table, checkpoint_dir=str(folder), epochs=3, batch_size=32, learning_rate=1e-3,
+                           optimizer="adam", augment=0, classes=10, n_train=400, resume_from=resume_from, threads=1)
+
+    train_worker(cfg(tmp_path / "straight"))
+    # the killed try: what it left is its epoch-2 checkpoint
+    shutil.copytree(tmp_path / "straight" / "epoch-0002", tmp_path / "killed" / "epoch-0002")
+    history = train_worker(cfg(tmp_path / "killed", resume_from=str(tmp_path / "killed" / "epoch-0002")))
+    assert [e for e, name, _ in history if name == "val_top1"] == [3]
+    a, b = (torch.load(tmp_path / d / "epoch-0003" / STATE_FILE, weights_only=False) for d in ("straight", "killed"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 3 * (400 // 32)
+    moments = [(a["optimizer"]["state"][i], b["optimizer"]["state"][i]) for i in a["optimizer"]["state"]]
+    assert all(torch.equal(x["exp_avg_sq"], y["exp_avg_sq"]) and x["step"] == y["step"] for x, y in moments)

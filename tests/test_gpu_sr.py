@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import metrics
 from pipeline.gan import sr
@@ -64,3 +66,38 @@ def test_restore_from_hr_scores_sr_against_bicubic(generator, photo):
     (hr, out, bicubic), = sr.restore_from_hr(generator, [photo[:250, :198]], precision="fp32")
     assert hr.shape == out.shape == bicubic.shape == (248, 196, 3)
     assert set(sr.sr_scores(out, bicubic, hr)) == {"psnr_sr", "psnr_bicubic", "ssim_sr", "ssim_bicubic"}
+
+
+# ---------------------------------------------------------------- tiling properties
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 700), st.integers(0, 200), st.integers(0, 40))
+def test_tiles_partition_each_axis_with_context_on_every_inner_side(n, tile, overlap):
+    """SR tiling: the cores cover the axis exactly once, in order; every window has the same
+    length and lies inside the image; an inner core side keeps `overlap` pixels of context."""
+    from pipeline.gan.sr import _spans
+
+    win, spans = _spans(n, tile, overlap)
+    assert [c0 for _, c0, _ in spans] == [0, *[c1 for _, _, c1 in spans[:-1]]] and spans[-1][2] == n
+    assert all(c0 < c1 for _, c0, c1 in spans)
+    for start, c0, c1 in spans:
+        assert 0 <= start and start + win <= n and start <= c0 and c1 <= start + win
+        assert c0 == 0 or c0 - start >= overlap
+        assert c1 == n or start + win - c1 >= overlap
+    if tile > 0 and n > tile + 2 * overlap:
+        assert win == tile + 2 * overlap and all(b[0] - a[0] <= tile for a, b in zip(spans, spans[1:]))
+    else:
+        assert (win, spans) == (n, [(0, 0, n)])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 90), st.integers(1, 90), st.integers(0, 40), st.integers(0, 12))
+def test_windows_of_any_image_cover_every_pixel_once(h, w, tile, overlap):
+    from pipeline.gan.sr import _windows
+
+    seen = np.zeros((h, w), np.int32)
+    for (lh, lw), (wy, wx), (y0, y1, x0, x1) in _windows((h, w), tile, overlap):
+        assert wy + lh <= h and wx + lw <= w
+        seen[y0:y1, x0:x1] += 1
+    assert (seen == 1).all()

@@ -1,3 +1,4 @@
+import argparse
 import gzip
 import hashlib
 import io
@@ -8,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from pipeline import images as im
-from pipeline.ingest import load_bundled, parse_split, split_of
+from pipeline.ingest import SPLIT_NAMES, load_bundled, origin_of, parse_size, parse_split, split_of
 
 RNG = np.random.default_rng(7)
 
@@ -277,3 +280,96 @@ def test_a_task_that_fails_after_writing_its_files_is_retried_and_lands_once(tmp
     assert not list(out.rglob("_temporary"))
     run = pq.read_table(tmp_path / "runs").to_pylist()[-1]
     assert (run["status"], run["rows_in"], run["rows_out"], run["rows_rejected"]) == ("succeeded", 1797, 1797, 0)
+
+
+# ---------------------------------------------------------------- options and splits, no Spark
+# (`make mutation` runs these against each mutant of ingest.py: setup.cfg [mutmut])
+
+
+def test_parse_split_accepts_spaces_and_refuses_with_the_reason():
+    assert parse_split("train=0.8, test=0.2") == (("train", 0.8), ("test", 0.2))
+    assert parse_split("val=1") == (("val", 1.0),)
+    pairs = ("expected name=fraction pairs such as train=0.8,test=0.2 (names: train, test, val; "
+             "fractions in (0, 1])")
+    for text in ("train=x", "train=1.5", "train=0", "test=0.5,train=-0.5"):
+        with pytest.raises(argparse.ArgumentTypeError) as exc:
+            parse_split(text)
+        assert str(exc.value) == f"bad split {text!r}: {pairs}"
+    for text in ("train=0.5,train=0.5", "train=0.5,test=0.4"):
+        with pytest.raises(argparse.ArgumentTypeError) as exc:
+            parse_split(text)
+        assert str(exc.value) == f"bad split {text!r}: names must be distinct and fractions sum to 1"
+
+
+def test_parse_size_refuses_zero_and_junk():
+    assert parse_size(" 32 ") == (32, 32) and parse_size("224x112") == (224, 112)
+    for text in ("0", "0x5", "5x0", "abc", "5x", "x5", "-3"):
+        with pytest.raises(argparse.ArgumentTypeError) as exc:
+            parse_size(text)
+        assert str(exc.value) == f"bad size {text!r}: expected N or HxW, e.g. 32 or 224x224"
+
+
+def test_a_key_past_the_rounded_fractions_goes_to_the_last_split():
+    split = parse_split("train=0.5,val=0.2,test=0.2999995")  # sums to 1 - 5e-7: within the tolerance
+    key = "img164299"  # its hash lands in the last 5e-7 of [0, 1), past every fraction
+    u = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2.0 ** 64
+    assert u > 0.9999995
+    assert split_of(key, split) == "test"
+
+
+def test_origin_of_spells_local_files_as_the_image_source_does():
+    assert origin_of("file:/data/a.png") == "file:///data/a.png"
+    for same in ("file:///data/a.png", "/data/a.png", "hdfs://nn/data/a.png", "file:a.png", "bundled:mnist/1"):
+        assert origin_of(same) == same
+
+
+# A change of the split hash moves images between splits on the next run: a breaking change the
+# README must announce. These assignments are pinned.
+PINNED = {"daisy/a.png": "train", "rose/c.png": "train", "tulip/d.jpg": "test", "mnist/00042": "test",
+          "photos/astronaut": "train", "a/b/c/d.png": "train", "x": "train", "": "test"}
+
+
+def test_known_paths_keep_their_split():
+    split = parse_split("train=0.8,test=0.2")
+    assert {k: split_of(k, split) for k in PINNED} == PINNED
+    three = parse_split("train=0.7,val=0.1,test=0.2")
+    assert [split_of(f"bundled:digits/{i:05d}", three) for i in range(8, 14)] == \
+        ["val", "test", "val", "train", "test", "test"]
+
+
+fractions = st.lists(st.integers(1, 20), min_size=1, max_size=3)
+
+
+@given(fractions, st.lists(st.text(max_size=30), min_size=1, max_size=40))
+def test_split_of_always_names_a_split_and_is_deterministic(weights, keys):
+    names = SPLIT_NAMES[:len(weights)]
+    total = sum(weights)
+    # fractions that sum to 1 exactly once printed, as a user would type them
+    parts = [round(w / total, 6) for w in weights[:-1]]
+    parts.append(round(1 - sum(parts), 6))
+    if parts[-1] <= 0:
+        return
+    split = parse_split(",".join(f"{n}={p}" for n, p in zip(names, parts)))
+    assert [n for n, _ in split] == list(names)
+    for key in keys:
+        assert split_of(key, split) in names and split_of(key, split) == split_of(key, split)
+
+
+def test_split_fractions_hold_over_many_keys():
+    split = parse_split("train=0.7,val=0.1,test=0.2")
+    counts = {n: 0 for n in ("train", "val", "test")}
+    for i in range(20000):
+        counts[split_of(f"class{i % 7}/{i}.png", split)] += 1
+    assert abs(counts["train"] / 20000 - 0.7) < 0.015 and abs(counts["val"] / 20000 - 0.1) < 0.01
+
+
+@pytest.mark.parametrize("text", ["train=0.7,test=0.2", "train=1,train=0", "tran=1", "train=0.5,test",
+                                  "train=0,test=1", "train=1.5,test=-0.5", ""])
+def test_bad_splits_are_refused(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="bad split"):
+        parse_split(text)
+
+
+@given(st.integers(1, 4000), st.one_of(st.none(), st.integers(1, 4000)))
+def test_parse_size(h, w):
+    assert parse_size(f"{h}" if w is None else f"{h}x{w}") == (h, h if w is None else w)

@@ -1,11 +1,12 @@
-"""Atomic outputs and the row balance, made to fail on purpose: what is left afterwards."""
+"""Atomic outputs and the row balance, made to fail on purpose: what is left afterwards; the path
+helpers and the output check, no Spark (`make mutation` runs those against each mutant of io.py)."""
 
 import os
 
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.io import Run, atomic_output
+from pipeline.io import Run, absolute, arrow_uri, atomic_output, check_writable, is_local, local_path
 
 
 def _leftovers(folder):
@@ -126,3 +127,60 @@ def test_runs_rows_written_from_the_driver_read_as_one_table_with_spark_written_
     assert printed[1].split()[0] == run.run_id and printed[1].split()[3:5] == ["train_digits", "succeeded"]
     assert printed[1].endswith("in 42")
     assert "'test_top1': 0.97" in printed[2]
+
+
+# ---------------------------------------------------------------- paths and outputs, no Spark
+
+
+def test_absolute_and_arrow_uri(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert absolute("out/x") == str(tmp_path / "out" / "x")
+    for uri in ("s3a://bucket/x", "hdfs://nn:8020/x", "file:/x", "gs://b/x"):
+        assert absolute(uri) == uri
+    assert arrow_uri("s3a://bucket/t") == "s3://bucket/t" and arrow_uri("s3n://bucket/t") == "s3://bucket/t"
+    assert arrow_uri("s3://bucket/t") == "s3://bucket/t" and arrow_uri("hdfs://nn/t") == "hdfs://nn/t"
+    assert arrow_uri("gs://b/s3a://x") == "gs://b/s3a://x"
+    assert arrow_uri("t") == str(tmp_path / "t")
+
+
+def test_is_local_and_local_path():
+    for path in ("/data/x", "data/x", "file:/data/x", "file:///data/x"):
+        assert is_local(path)
+    for path in ("hdfs://nn/x", "s3a://b/x"):
+        assert not is_local(path)
+    assert local_path("file:/data/x") == "/data/x" and local_path("file:///data/x") == "/data/x"
+    assert local_path("/data/file:/x") == "/data/file:/x" and local_path("data/x") == "data/x"
+
+
+def test_check_writable(tmp_path, monkeypatch):
+    out = tmp_path / "a" / "b" / "out"
+    check_writable(str(out), "error")
+    assert (tmp_path / "a" / "b").is_dir() and not out.exists()  # the parent is made, not the output
+    out.mkdir()
+    with pytest.raises(PipelineError) as exc:
+        check_writable(str(out), "error")
+    assert str(exc.value) == f"--output {out} already exists (use --mode overwrite to replace it)"
+    with pytest.raises(PipelineError, match="already exists"):
+        check_writable(f"file://{out}", "error")
+    check_writable(str(out), "overwrite")
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(PipelineError) as exc:
+        check_writable(str(tmp_path / "f" / "sub" / "out"), "error")
+    assert str(exc.value) == (f"--output {tmp_path / 'f' / 'sub' / 'out'}: cannot create {tmp_path / 'f' / 'sub'} "
+                              "(Not a directory)")
+    check_writable("hdfs://nn/never/checked", "error")  # remote: Hadoop decides at commit time
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK)
+    with pytest.raises(PipelineError) as exc:
+        check_writable(str(tmp_path / "c" / "out"), "error")
+    assert str(exc.value) == f"--output {tmp_path / 'c' / 'out'}: {tmp_path / 'c'} is not writable"
+
+
+def test_row_accounting_balances_written_and_rejected_rows():
+    for rows_in, out, rejected in ((3, 2, 1), (2, None, 2), (2, 0, 2), (4, 4, None), (4, 4, 0), (0, 0, 0)):
+        Run(job="t", config={}, rows_in=rows_in, rows_out=out, rows_rejected=rejected).check_counts()
+    Run(job="t", config={}).check_counts()  # nothing recorded: nothing to balance
+    for rows_in, out, rejected in ((5, 3, 1), (1, None, 2), (3, 4, None), (None, 1, 0)):
+        with pytest.raises(PipelineError) as exc:
+            Run(job="t", config={}, rows_in=rows_in, rows_out=out, rows_rejected=rejected).check_counts()
+        assert str(exc.value) == (f"row accounting failed: read {rows_in}, wrote {out}, rejected {rejected}; "
+                                  "nothing was committed")

@@ -1,5 +1,8 @@
 """PSNR/SSIM as SR papers measure them (Y channel, border crop), against hand-computed values and
-scikit-image's own functions on the same images; no Spark needed."""
+scikit-image's own functions on the same images; accuracy and the metrics table's rows. No Spark
+needed: `make mutation` runs these against each mutant of metrics.py (setup.cfg [mutmut])."""
+
+import warnings
 
 import numpy as np
 import pytest
@@ -7,7 +10,7 @@ from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from pipeline.ingest import load_bundled
-from pipeline.metrics import psnr_y, rgb_to_y, ssim_y
+from pipeline.metrics import accuracy, metric_rows, psnr_y, rgb_to_y, ssim_y
 
 
 def test_psnr_of_a_uniform_offset_is_the_hand_computed_value():
@@ -43,3 +46,29 @@ def test_y_channel_and_scores_match_scikit_image_on_real_photos():
         y_ref[crop], y_noisy[crop], data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False),
         abs=1e-9)
     assert 30 < psnr_y(noisy, hr) < 40 and 0.5 < ssim_y(noisy, hr) < 0.99
+
+
+# ---------------------------------------------------------------- values worked out by hand
+
+
+def test_psnr_of_gray_images_one_level_apart():
+    a = np.full((24, 24), 100, np.uint8)
+    # MSE 1 on the gray values themselves: 10 log10(255^2) = 48.1308...
+    assert psnr_y(a, a + 1) == pytest.approx(20 * np.log10(255.0), abs=1e-9)
+    assert psnr_y(a[:, :, None], a[:, :, None] + 1) == pytest.approx(48.1308036, abs=1e-6)
+    assert ssim_y(a, a) == pytest.approx(1.0)
+
+
+def test_identical_images_give_infinite_psnr_without_a_warning():
+    a = np.full((12, 12, 3), 9, np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert psnr_y(a, a) == float("inf")
+
+
+def test_accuracy_and_metric_rows():
+    assert accuracy(np.array([[3, 1], [0, 4]])) == 0.875
+    assert accuracy(np.zeros((3, 3), np.int64)) == 0.0 and accuracy(np.array([[1, 0], [0, 0]])) == 1.0
+    rows = metric_rows("run-1", [(np.int64(3), "loss", np.float32(0.5)), (4, "psnr", 30)])
+    assert rows == [("run-1", 3, "loss", 0.5), ("run-1", 4, "psnr", 30.0)]
+    assert [(type(r[1]), type(r[3])) for r in rows] == [(int, float), (int, float)]
