@@ -37,7 +37,10 @@ JOBS = {
     "export": JobSpec("pipeline.export", "images table → WebDataset tar shards + Parquet index (local or s3://)"),
 }
 
-COMMON = ("job", "conf_file", "conf", "runs_table", "verbose", "remote")
+COMMON = ("job", "conf_file", "conf", "runs_table", "verbose", "remote", "tracking_uri", "experiment", "tracking_tag",
+          "register_as")
+# the options that name a model to load, which may be a registry URI (pipeline/tracking.py)
+MODEL_OPTIONS = {"predict_digits": "model", "upscale": "generator", "featurize": "model_file"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -60,6 +63,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict, dict]:
         sp.add_argument("--remote", metavar="sc://HOST:PORT",
                         help="run on a Spark Connect server (also: SPARK_REMOTE, or spark.api.mode=connect for one "
                              "started in the driver); default: a classic session")
+        sp.add_argument("--tracking-uri", metavar="URI",
+                        help="log this run to MLflow: http://HOST:PORT of an `mlflow server` (also: the profile's "
+                             "tracking.uri, MLFLOW_TRACKING_URI); default: no tracking (docs/tracking.md)")
+        sp.add_argument("--experiment", help="MLflow experiment (default: the profile's tracking.experiment, "
+                                             "else sparkgan-JOB)")
+        sp.add_argument("--tracking-tag", action="append", default=[], metavar="KEY=VALUE",
+                        help="a tag on the MLflow run (repeatable)")
+        sp.add_argument("--register-as", metavar="NAME",
+                        help="register the trained model as a new version of NAME in the MLflow registry")
         sp.add_argument("--verbose", action="store_true",
                         help="also print Spark's INFO log, BigDL's and TensorFlow's start-up output "
                              "(default: only the job's progress, Spark's progress bar and warnings)")
@@ -82,12 +94,19 @@ class Progress:
 
 
 def run_job(name: str, opts: argparse.Namespace, profile, progress: Progress) -> dict:
-    from pipeline import safety
+    from pipeline import safety, tracking
     from pipeline.io import Run, absolute, is_local, local_path, mark_abandoned, recorded_run
     from pipeline.session import get_session, scoped_conf
 
     mod = importlib.import_module(JOBS[name].module)
     progress.doing = "checking its options"
+    # the tracking server answers before any work, or the job stops here (pipeline/tracking.py)
+    track = tracking.check(tracking.settings(name, opts.tracking_uri, profile.tracking, opts.register_as,
+                                             opts.experiment, opts.tracking_tag))
+    if (option := MODEL_OPTIONS.get(name)) and tracking.is_model_uri(getattr(opts, option)):
+        progress.doing = "downloading its model from the registry"
+        setattr(opts, option, tracking.resolve_model(getattr(opts, option), "--" + option.replace("_", "-"),
+                                                     opts.tracking_uri or profile.tracking.get("uri")))
     prepared = mod.validate(opts)  # every check that needs no Spark, before a JVM starts
     uses_bigdl = getattr(mod, "uses_bigdl", lambda _: False)
     progress.runs_table = absolute(opts.runs_table or profile.runs_table)
@@ -100,7 +119,8 @@ def run_job(name: str, opts: argparse.Namespace, profile, progress: Progress) ->
         progress.doing = "starting Spark"
         spark = get_session(profile, f"sparkgan-{name}", bigdl=uses_bigdl(opts))
         run.outputs = {"lease": held[0].path} if held else {}
-        with recorded_run(spark, progress.runs_table, name, config, run) as record:
+        with tracking.job_run(track, name, opts, run, config, spark, progress.runs_table), \
+                recorded_run(spark, progress.runs_table, name, config, run) as record:
             progress.record = record
             dead = set()
             for option, path in outputs.items():

@@ -31,7 +31,7 @@ import yaml
 
 from pipeline.errors import PipelineError
 
-TOP_LEVEL_KEYS = {"master", "spark_defaults", "spark", "runs_table", "jobs"}
+TOP_LEVEL_KEYS = {"master", "spark_defaults", "spark", "runs_table", "jobs", "tracking"}
 
 
 def conf_dir() -> Path:
@@ -54,6 +54,7 @@ class Profile:
     spark: dict[str, str] = field(default_factory=dict)
     runs_table: str = "out/runs"
     jobs: dict[str, dict] = field(default_factory=dict)
+    tracking: dict = field(default_factory=dict)  # MLflow: uri, experiment, on_error, tags (docs/tracking.md)
 
 
 def load_profile(path: str | None, overrides: list[str] | None = None, job: str | None = None) -> Profile:
@@ -92,7 +93,8 @@ def load_profile(path: str | None, overrides: list[str] | None = None, job: str 
             raise PipelineError(f"--conf {item!r}: expected spark.<key>=<value>")
         spark[key.strip()] = value.strip()
     return Profile(path=path, master=str(raw.get("master", "local[*]")), spark=spark,
-                   runs_table=str(raw.get("runs_table", "out/runs")), jobs=jobs)
+                   runs_table=str(raw.get("runs_table", "out/runs")), jobs=jobs,
+                   tracking=raw.get("tracking") or {})
 
 
 def read_spark_defaults(path: str) -> dict[str, str]:

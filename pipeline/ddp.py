@@ -175,7 +175,10 @@ def launch(spark, fn, cfg, num_processes: int, local_mode: bool, use_gpu: bool):
             raise PipelineError(f"--use-gpu on needs spark.task.resource.gpu.amount of 1 or more (one GPU per "
                                 f"training process), this application has {amount!r}: see conf/gpu.yaml")
     started = time.perf_counter()
-    result = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu).run(fn, cfg)
+    from pipeline.tracking import for_ranks
+
+    result = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu).run(
+        for_ranks(fn), cfg)
     # the whole launch, torchrun's start and exit barrier included: a launch that ends minutes after
     # its last training line shows here (the ranks' own timings do not include it)
     log.info("%d training process(es) (local mode %s) ran for %.1f s", num_processes,

@@ -296,6 +296,7 @@ class Run:
     metrics: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     doing: str = "running"  # what a failure's one line says the job was doing
+    mlflow_run_id: str | None = None  # its MLflow run, when tracked (pipeline/tracking.py)
 
     def __post_init__(self):
         self.run_id = self.run_id or new_run_id(self.job)
@@ -320,7 +321,8 @@ def _runs_row(spark, run: Run, status: str, error: str | None, ended: dt.datetim
            (ended - run.started_at).total_seconds() if ended else None,
            git_rev(), socket.gethostname(), setting(spark, "spark.master"), setting(spark, "spark.app.id"),
            json.dumps(run.config, default=str, sort_keys=True), json.dumps(run.outputs, sort_keys=True),
-           run.rows_in, run.rows_out, run.rows_rejected, {k: float(v) for k, v in run.metrics.items()}, error)
+           run.rows_in, run.rows_out, run.rows_rejected, {k: float(v) for k, v in run.metrics.items()}, error,
+           run.mlflow_run_id)
     return dict(zip(RUNS_SCHEMA.names, row))
 
 

@@ -27,7 +27,8 @@ RUNS_SCHEMA = pa.schema([("run_id", pa.string()), ("job", pa.string()), ("status
                          ("git_rev", pa.string()), ("host", pa.string()), ("spark_master", pa.string()),
                          ("app_id", pa.string()), ("config", pa.string()), ("outputs", pa.string()),
                          ("rows_in", pa.int64()), ("rows_out", pa.int64()), ("rows_rejected", pa.int64()),
-                         ("metrics", pa.map_(pa.string(), pa.float64())), ("error", pa.string())])
+                         ("metrics", pa.map_(pa.string(), pa.float64())), ("error", pa.string()),
+                         ("mlflow_run_id", pa.string())])  # null when the run was not tracked
 # what each ingest task reports of the files it wrote (pipeline/taskwrite.py)
 MANIFEST_SCHEMA = pa.schema([("table", pa.string()), ("staged", pa.string()), ("file", pa.string()),
                              ("rows", pa.int64())])

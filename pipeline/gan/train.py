@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline import ddp
+from pipeline import ddp, tracking
 from pipeline.gan import checkpoints, data, models
 from pipeline.gan.config import ADVERSARIAL_LOSS_WEIGHT, SCALE, VGG_LOSS_WEIGHT, TrainConfig
 
@@ -198,6 +198,7 @@ def train_worker(cfg: TrainConfig):
                 now = time.perf_counter()
                 rate, t_last, seen = seen / (now - t_last), now, 0
                 metrics.add(step, images_per_s=rate, **values)
+                tracking.log_metrics({"images_per_s": rate, **values}, step)  # the job's MLflow run, if tracked
                 log.info("%s step %d/%d  %s  %.1f images/s", cfg.model, step, cfg.steps,
                          "  ".join(f"{k} {v:.4f}" for k, v in values.items()), rate)
             if r.rank == 0 and model.sample and _due(step, cfg.sample_every, cfg.steps):
