@@ -36,7 +36,7 @@ $(AIRFLOW_STAMP): requirements-airflow.txt
 	$(AIRFLOW_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-airflow.txt
 	touch $@
 
-$(STAMP): $(CONSTRAINTS) setup.py requirements-dev.txt requirements-bigdl.txt
+$(STAMP): $(CONSTRAINTS) setup.py requirements-dev.txt requirements-bigdl.txt requirements-mlflow.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) -r requirements-dev.txt -e '.[torch,tf]'
 ifeq ($(STACK),spark35)
@@ -46,6 +46,10 @@ else
 	@# Spark Connect's client side (grpcio, ...): the server jar ships in the pyspark wheel
 	$(PIP) 'pyspark[connect]'
 endif
+	@# MLflow (tracking and the registry, sparkgan[mlflow]): its metadata caps pyarrow below the Spark 4
+	@# stack's pin, so it goes in without deps and its requirements, less that cap, after it
+	$(PIP) --no-deps mlflow
+	$(PIP) -r requirements-mlflow.txt
 	touch $@
 
 client-setup: $(CLIENT_STAMP)

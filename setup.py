@@ -41,6 +41,8 @@ setup(
         # (or a CUDA index URL): an unpinned torch pulls a multi-GB CUDA build.
         "torch": ["torch>=2.3", "cloudpickle>=3"],
         "tf": ["tensorflow-cpu>=2.16", "keras>=3"],
+        # mlflow: tracking, the model registry, models:/ URIs as job inputs (docs/tracking.md)
+        "mlflow": ["mlflow>=3.1,<4"],
         # BigDL (Spark 3.5 only) is not an extra: its metadata pins an old pyspark, so it is
         # installed with --no-deps from requirements-bigdl.txt (see the Makefile).
     },
