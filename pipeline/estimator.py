@@ -29,8 +29,9 @@ from pyspark.ml.param.shared import HasInputCol, HasLabelCol, HasOutputCol, HasP
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from pipeline.featurize import set_tf_threads
-from pipeline.keras_files import (KerasImageFileTransformer, _callable, input_columns,
+from pipeline.keras_files import (KerasImageFileTransformer, input_columns,
                                   load_keras_model, model_inputs, read_uri, write_uri)
+from pipeline.params import HasBatchSize, HasErrorCol, HasImageLoader, HasModelFile, HasThreads
 from pipeline.workers import skip_zip_rereads
 
 FIT_PARAMS = {"epochs", "batch_size", "verbose", "validation_split", "shuffle", "class_weight", "initial_epoch",
@@ -135,6 +136,7 @@ class _FitAllOnce:
 
 
 class KerasImageFileEstimator(Estimator, HasInputCol, HasOutputCol, HasLabelCol, HasPredictionCol, HasSeed,
+                              HasModelFile, HasImageLoader, HasBatchSize, HasThreads, HasErrorCol,
                               DefaultParamsReadable, DefaultParamsWritable):
     """Fit a Keras model file (`modelFile`, compiled here from `kerasOptimizer`, `learningRate`, `kerasLoss`
     and `kerasFitParams`) on image URIs (or an image struct column) and integer class labels.
@@ -147,9 +149,6 @@ class KerasImageFileEstimator(Estimator, HasInputCol, HasOutputCol, HasLabelCol,
     TypeError: ...kerasFitParams {...}: expected a dict of Keras fit() arguments, keys among batch_size, ...
     """
 
-    modelFile = KerasImageFileTransformer.modelFile
-    imageLoader = Param(Params._dummy(), "imageLoader", "Python callable: file bytes → model input array",
-                        typeConverter=_callable)
     kerasOptimizer = Param(Params._dummy(), "kerasOptimizer", "a Keras optimizer name (adam, sgd, rmsprop, ...)",
                            typeConverter=TypeConverters.toString)
     learningRate = Param(Params._dummy(), "learningRate", "the optimizer's learning rate (default: Keras' own)",
@@ -161,9 +160,6 @@ class KerasImageFileEstimator(Estimator, HasInputCol, HasOutputCol, HasLabelCol,
     stagingDir = Param(Params._dummy(), "stagingDir", "a folder (path or URI) all executors share, for the "
                        "training data and the trained models (default: a local temp folder)",
                        typeConverter=TypeConverters.toString)
-    batchSize = KerasImageFileTransformer.batchSize
-    threads = KerasImageFileTransformer.threads
-    errorCol = KerasImageFileTransformer.errorCol
 
     @keyword_only
     def __init__(self, *, inputCol="uri", outputCol="predictions", labelCol="label", predictionCol="prediction",
@@ -191,14 +187,7 @@ class KerasImageFileEstimator(Estimator, HasInputCol, HasOutputCol, HasLabelCol,
         param = self.getParam(name)
         return self.getOrDefault(param) if self.isDefined(param) else None
 
-    # sparkdl's getters and setters, one pair per Param
-    getModelFile = KerasImageFileTransformer.getModelFile
-    setModelFile = KerasImageFileTransformer.setModelFile
-    getImageLoader = KerasImageFileTransformer.getImageLoader
-    setImageLoader = KerasImageFileTransformer.setImageLoader
-    getBatchSize, setBatchSize = KerasImageFileTransformer.getBatchSize, KerasImageFileTransformer.setBatchSize
-    getThreads, setThreads = KerasImageFileTransformer.getThreads, KerasImageFileTransformer.setThreads
-    getErrorCol, setErrorCol = KerasImageFileTransformer.getErrorCol, KerasImageFileTransformer.setErrorCol
+    # saved and loaded as the transformer is (a custom imageLoader pickled beside the Params)
     write, read = KerasImageFileTransformer.write, KerasImageFileTransformer.read
     _save_extra, _load_extra = KerasImageFileTransformer._save_extra, KerasImageFileTransformer._load_extra
 

@@ -22,6 +22,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pipeline import images as im
 from pipeline import options
 from pipeline.errors import PipelineError
+from pipeline.params import HasBatchSize, HasErrorCol, HasModelFile, HasThreads, HasWeights, one_of
 from pipeline.workers import skip_zip_rereads
 
 IMAGE_FIELDS = ("origin", "height", "width", "nChannels", "mode", "data")
@@ -139,26 +140,8 @@ def model_batch(heights, widths, channels, datas, shape) -> tuple[np.ndarray, li
     return np.stack(batch), errors
 
 
-def _one_of(name: str, allowed):
-    """A Param type converter that checks the value when it is set, as sparkdl's did for modelName."""
-    def convert(value):
-        value = TypeConverters.toString(value)
-        if value not in allowed:
-            raise TypeError(f"{name} {value!r} is not supported; expected one of {', '.join(allowed)}")
-        return value
-    return convert
-
-
-def _positive(name: str):
-    def convert(value):
-        value = TypeConverters.toInt(value)
-        if value < 1:
-            raise TypeError(f"{name} {value}: expected a positive number")
-        return value
-    return convert
-
-
-class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
+class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, HasModelFile, HasWeights, HasBatchSize, HasThreads,
+                          HasErrorCol, DefaultParamsReadable, DefaultParamsWritable):
     """Featurize an image column (Spark's image struct) with a pretrained network.
 
     The output is a Spark ML vector (`VectorUDT`) of the network's pooled penultimate features
@@ -182,20 +165,9 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
     """
 
     modelName = Param(Params._dummy(), "modelName", f"one of {', '.join(APPLICATIONS)}",
-                      typeConverter=_one_of("modelName", tuple(APPLICATIONS)))
-    modelFile = Param(Params._dummy(), "modelFile", "a Keras .keras/.h5 model to use instead of a named one",
-                      typeConverter=TypeConverters.toString)
+                      typeConverter=one_of("modelName", tuple(APPLICATIONS)))
     featureLayer = Param(Params._dummy(), "featureLayer", "for modelFile: the layer whose output is the feature",
                          typeConverter=TypeConverters.toString)
-    weightsFile = Param(Params._dummy(), "weightsFile", "ImageNet (no-top) weights file for modelName",
-                        typeConverter=TypeConverters.toString)
-    weights = Param(Params._dummy(), "weights", "'imagenet' (from a local file) or 'random' (untrained, explicit)",
-                    typeConverter=_one_of("weights", ("imagenet", "random")))
-    batchSize = Param(Params._dummy(), "batchSize", "images per model call", typeConverter=_positive("batchSize"))
-    threads = Param(Params._dummy(), "threads", "TensorFlow threads per Python worker",
-                    typeConverter=_positive("threads"))
-    errorCol = Param(Params._dummy(), "errorCol", "column for the reason a row could not be featurized",
-                     typeConverter=TypeConverters.toString)
 
     @keyword_only
     def __init__(self, *, inputCol="image", outputCol="features", modelName=None, modelFile=None, featureLayer=None,
@@ -220,47 +192,11 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
     def getModelName(self):
         return self._get("modelName")
 
-    def setModelFile(self, value):
-        return self._set(modelFile=value)
-
-    def getModelFile(self):
-        return self._get("modelFile")
-
     def setFeatureLayer(self, value):
         return self._set(featureLayer=value)
 
     def getFeatureLayer(self):
         return self._get("featureLayer")
-
-    def setWeightsFile(self, value):
-        return self._set(weightsFile=value)
-
-    def getWeightsFile(self):
-        return self._get("weightsFile")
-
-    def setWeights(self, value):
-        return self._set(weights=value)
-
-    def getWeights(self):
-        return self.getOrDefault(self.weights)
-
-    def setBatchSize(self, value):
-        return self._set(batchSize=value)
-
-    def getBatchSize(self):
-        return self.getOrDefault(self.batchSize)
-
-    def setThreads(self, value):
-        return self._set(threads=value)
-
-    def getThreads(self):
-        return self.getOrDefault(self.threads)
-
-    def setErrorCol(self, value):
-        return self._set(errorCol=value)
-
-    def getErrorCol(self):
-        return self.getOrDefault(self.errorCol)
 
     def _get(self, name):
         """The Param's value, or None where it has neither a value nor a default (modelName, ...)."""

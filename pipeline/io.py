@@ -48,6 +48,31 @@ def arrow_filesystem(table: str):
     return fs.FileSystem.from_uri(arrow_uri(table))
 
 
+# What pyarrow's S3 filesystem reads from the environment (the AWS SDK's standard variables): how every
+# job reaches an object store, its endpoint included (AWS_ENDPOINT_URL: MinIO, Ceph, moto, R2...).
+OBJECT_STORE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+                    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                    "AWS_EC2_METADATA_DISABLED")
+
+
+def object_store_env() -> dict[str, str]:
+    """The driver's object-store settings, for its tasks: executors started before they were set
+    (or on other machines) do not have them."""
+    return {k: os.environ[k] for k in OBJECT_STORE_ENV if k in os.environ}
+
+
+def use_object_store_env(env: dict[str, str]) -> None:
+    """In a task: the driver's object-store settings, where the executor has none of its own."""
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+
+
+def file_uri(path: str) -> str:
+    """A local file URI as Spark's image source and file-sink log spell it, file:///x (binaryFile and
+    Hadoop listings say file:/x); paths and other URIs unchanged. The one home of this spelling."""
+    return re.sub(r"^file:/+", "file:///", path)
+
+
 def is_local(path: str) -> bool:
     return not _SCHEME.match(path) or path.startswith("file:")
 

@@ -14,12 +14,12 @@ import os
 import numpy as np
 from pyspark import keyword_only
 from pyspark.ml import Transformer
-from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsReader, DefaultParamsWritable, DefaultParamsWriter
 
 from pipeline import images as im
-from pipeline.featurize import IMAGE_FIELDS, _positive, set_tf_threads, to_model_input
+from pipeline.featurize import IMAGE_FIELDS, set_tf_threads, to_model_input
+from pipeline.params import HasBatchSize, HasErrorCol, HasImageLoader, HasModelFile, HasThreads
 from pipeline.workers import skip_zip_rereads
 
 LOADER_FILE = "imageLoader.pkl"
@@ -124,12 +124,6 @@ def model_inputs(columns, shape, loader) -> tuple[np.ndarray, list]:
     return np.stack(batch), errors
 
 
-def _callable(value):
-    if value is not None and not callable(value):
-        raise TypeError(f"imageLoader {value!r}: expected a Python callable (file bytes → numpy array)")
-    return value
-
-
 class _Writer(DefaultParamsWriter):
     """Params as JSON, as DefaultParamsWriter writes them, except the loader: a Python function is
     pickled beside them with cloudpickle, which Spark itself uses to ship functions to workers."""
@@ -165,7 +159,8 @@ class _Reader(DefaultParamsReader):
         return instance
 
 
-class KerasImageFileTransformer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
+class KerasImageFileTransformer(Transformer, HasInputCol, HasOutputCol, HasModelFile, HasImageLoader, HasBatchSize,
+                                HasThreads, HasErrorCol, DefaultParamsReadable, DefaultParamsWritable):
     """Apply a Keras model file to image URIs (or an image struct column).
 
     `imageLoader(bytes) -> numpy array` gives the model input for one file (sparkdl's loader took the
@@ -181,16 +176,6 @@ class KerasImageFileTransformer(Transformer, HasInputCol, HasOutputCol, DefaultP
     TypeError: imageLoader 'resize': expected a Python callable ...
     """
 
-    modelFile = Param(Params._dummy(), "modelFile", "a Keras .keras/.h5 model (a path or URI the executors can read)",
-                      typeConverter=TypeConverters.toString)
-    imageLoader = Param(Params._dummy(), "imageLoader", "Python callable: file bytes → model input array "
-                        "(default: decode, resize to the model input, scale to 0..1)", typeConverter=_callable)
-    batchSize = Param(Params._dummy(), "batchSize", "images per model call", typeConverter=_positive("batchSize"))
-    threads = Param(Params._dummy(), "threads", "TensorFlow threads per Python worker",
-                    typeConverter=_positive("threads"))
-    errorCol = Param(Params._dummy(), "errorCol", "column for the reason a file could not be used",
-                     typeConverter=TypeConverters.toString)
-
     @keyword_only
     def __init__(self, *, inputCol="uri", outputCol="predictions", modelFile=None, imageLoader=None, batchSize=64,
                  threads=1, errorCol="predict_error"):
@@ -205,36 +190,6 @@ class KerasImageFileTransformer(Transformer, HasInputCol, HasOutputCol, DefaultP
         """setParams(self, *, inputCol="uri", outputCol="predictions", modelFile=None, imageLoader=None,
         batchSize=64, threads=1, errorCol="predict_error")"""
         return self._set(**self._input_kwargs)
-
-    def setModelFile(self, value):
-        return self._set(modelFile=value)
-
-    def getModelFile(self):
-        return self.getOrDefault(self.modelFile) if self.isDefined(self.modelFile) else None
-
-    def setImageLoader(self, value):
-        return self._set(imageLoader=value)
-
-    def getImageLoader(self):
-        return self.getOrDefault(self.imageLoader)
-
-    def setBatchSize(self, value):
-        return self._set(batchSize=value)
-
-    def getBatchSize(self):
-        return self.getOrDefault(self.batchSize)
-
-    def setThreads(self, value):
-        return self._set(threads=value)
-
-    def getThreads(self):
-        return self.getOrDefault(self.threads)
-
-    def setErrorCol(self, value):
-        return self._set(errorCol=value)
-
-    def getErrorCol(self):
-        return self.getOrDefault(self.errorCol)
 
     def write(self):
         return _Writer(self)

@@ -24,8 +24,9 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
-from pipeline.featurize import (APPLICATIONS, DeepImageFeaturizer, _one_of, _positive, keras_cache_dir, model_batch,
+from pipeline.featurize import (APPLICATIONS, DeepImageFeaturizer, keras_cache_dir, model_batch,
                                 set_tf_threads)
+from pipeline.params import HasBatchSize, HasErrorCol, HasThreads, HasWeights, one_of, positive
 from pipeline.workers import skip_zip_rereads
 
 CLASS_INDEX_FILE = "imagenet_class_index.json"
@@ -88,7 +89,8 @@ def build_classifier(model_name: str, weights_path: str | None):
     return model, (*app.size, 3), getattr(keras.applications, app.module).preprocess_input
 
 
-class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
+class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, HasWeights, HasBatchSize, HasThreads, HasErrorCol,
+                         DefaultParamsReadable, DefaultParamsWritable):
     """Classify an image column (Spark's image struct, or our images table) into the 1000 ImageNet classes.
 
     `outputCol` is a vector of the 1000 probabilities, or with `decodePredictions=True` an array of
@@ -104,20 +106,11 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
     """
 
     modelName = Param(Params._dummy(), "modelName", f"one of {', '.join(APPLICATIONS)}",
-                      typeConverter=_one_of("modelName", tuple(APPLICATIONS)))
-    weightsFile = Param(Params._dummy(), "weightsFile", "ImageNet weights with the classifier (include_top) for modelName",
-                        typeConverter=TypeConverters.toString)
-    weights = Param(Params._dummy(), "weights", "'imagenet' (from a local file) or 'random' (untrained, explicit)",
-                    typeConverter=_one_of("weights", ("imagenet", "random")))
+                      typeConverter=one_of("modelName", tuple(APPLICATIONS)))
     decodePredictions = Param(Params._dummy(), "decodePredictions",
                               "output the topK (class, description, probability) instead of the probability vector",
                               typeConverter=TypeConverters.toBoolean)
-    topK = Param(Params._dummy(), "topK", "classes kept per image when decodePredictions", typeConverter=_positive("topK"))
-    batchSize = Param(Params._dummy(), "batchSize", "images per model call", typeConverter=_positive("batchSize"))
-    threads = Param(Params._dummy(), "threads", "TensorFlow threads per Python worker",
-                    typeConverter=_positive("threads"))
-    errorCol = Param(Params._dummy(), "errorCol", "column for the reason a row could not be classified",
-                     typeConverter=TypeConverters.toString)
+    topK = Param(Params._dummy(), "topK", "classes kept per image when decodePredictions", typeConverter=positive("topK"))
 
     @keyword_only
     def __init__(self, *, inputCol="image", outputCol="predicted_labels", modelName=None, weightsFile=None,
@@ -134,15 +127,10 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
         weights="imagenet", decodePredictions=False, topK=5, batchSize=64, threads=1, errorCol="predict_error")"""
         return self._set(**self._input_kwargs)
 
-    # The Params this class shares with the featurizer keep the featurizer's accessors.
+    # modelName is the featurizer's Param (the same named models), with its accessors
     _get = DeepImageFeaturizer._get
     _image_column = DeepImageFeaturizer._image_column
     setModelName, getModelName = DeepImageFeaturizer.setModelName, DeepImageFeaturizer.getModelName
-    setWeightsFile, getWeightsFile = DeepImageFeaturizer.setWeightsFile, DeepImageFeaturizer.getWeightsFile
-    setWeights, getWeights = DeepImageFeaturizer.setWeights, DeepImageFeaturizer.getWeights
-    setBatchSize, getBatchSize = DeepImageFeaturizer.setBatchSize, DeepImageFeaturizer.getBatchSize
-    setThreads, getThreads = DeepImageFeaturizer.setThreads, DeepImageFeaturizer.getThreads
-    setErrorCol, getErrorCol = DeepImageFeaturizer.setErrorCol, DeepImageFeaturizer.getErrorCol
 
     def setDecodePredictions(self, value):
         return self._set(decodePredictions=value)

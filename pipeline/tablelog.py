@@ -19,18 +19,13 @@ import re
 import time
 import uuid
 
-from pipeline.io import Files, arrow_filesystem, is_hidden, is_local, local_path
+from pipeline.io import Files, arrow_filesystem, file_uri, is_hidden, is_local, local_path
 
 log = logging.getLogger(__name__)
 
 LOG_DIR = "_spark_metadata"
 COMPACT_INTERVAL = 10  # Spark's default spark.sql.streaming.fileSink.log.compactInterval
 _ENTRY = re.compile(r"(\d+)(\.compact)?")
-
-
-def _uri(path: str) -> str:
-    """One spelling per file: the log says file:///x, listings file:/x."""
-    return re.sub(r"^file:/+", "file:///", path)
 
 
 class TableLog:
@@ -46,14 +41,14 @@ class TableLog:
         return {int(m.group(1)): f"{folder}/{n}" for m, n in found if m}
 
     def committed(self) -> set[str]:
-        return {_uri(f) for f in _read_log(self.fs, self._entries(self._dir))}
+        return {file_uri(f) for f in _read_log(self.fs, self._entries(self._dir))}
 
     def _write_entry(self, folder: str, batch: int, files: dict[str, tuple[int, int]]) -> None:
         """Entry `batch` listing `files` ({uri: (size, mtime ms)}), created whole and never replacing one."""
         from pipeline.safety import rename_noreplace
 
         name = f"{batch}.compact" if (batch + 1) % COMPACT_INTERVAL == 0 else str(batch)
-        lines = ["v1", *(json.dumps({"path": _uri(f), "size": size, "isDir": False, "modificationTime": mtime,
+        lines = ["v1", *(json.dumps({"path": file_uri(f), "size": size, "isDir": False, "modificationTime": mtime,
                                       "blockReplication": 1, "blockSize": 33554432, "action": "add"},
                                      separators=(",", ":")) for f, (size, mtime) in files.items())]
         hidden = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
@@ -107,7 +102,7 @@ class TableLog:
             self.fs.rename(aside, self._dir)
             return
         committed = self.committed()
-        orphans = [f for f in self.fs.list_files(self.table) if _uri(f) not in committed]
+        orphans = [f for f in self.fs.list_files(self.table) if file_uri(f) not in committed]
         for f in orphans:
             self.fs.delete(f)
         if orphans:

@@ -135,6 +135,7 @@ class MetricLog:
     resumed run does not repeat them (and a killed try's rows after its checkpoint are gone)."""
 
     def __init__(self, folder: str, resumed_at: int):
+        os.makedirs(local_path(folder), exist_ok=True)  # a rank run without the job (tests, gpu_check) has none yet
         self.path = os.path.join(local_path(folder), METRICS_FILE)
         kept = []
         if resumed_at and os.path.exists(self.path):
