@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline import images as im
-from pipeline import options, taskwrite
+from pipeline import options, sources, taskwrite
 from pipeline.errors import PipelineError
 from pipeline.io import (HIDDEN, Files, absolute, arrow_filesystem, atomic_output, is_hidden, is_local,
                          local_path)
@@ -82,8 +82,9 @@ def parse_size(text: str) -> tuple[int, int]:
 def add_arguments(p: argparse.ArgumentParser) -> dict:
     p.add_argument("--source", required=True,
                    help="folder of images (folder-per-class tree or flat), folder of MNIST IDX files, "
-                        f"or a bundled set: {', '.join(BUNDLED)}")
-    defaults = options.add_output(p, "dataset folder to create (images/ and rejected/)")
+                        "a manifest (.parquet/.csv/.jsonl of URIs), a folder of WebDataset .tar shards, "
+                        f"a Parquet of image bytes (--image-column), local or s3://..., or a bundled set: {', '.join(BUNDLED)}")
+    defaults = {**options.add_output(p, "dataset folder to create (images/ and rejected/)"), **sources.add_arguments(p)}
     p.add_argument("--split", type=parse_split, help="e.g. train=0.8,test=0.2 (hash of the relative path)")
     p.add_argument("--partitions", type=int, help="decode tasks, and so files per split")
     p.add_argument("--resize", type=parse_size, help="resize every image to N or HxW (bilinear)")
@@ -100,9 +101,10 @@ def add_arguments(p: argparse.ArgumentParser) -> dict:
 
 @dataclass
 class Source:
-    kind: str  # files | idx | bundled
+    kind: str  # files | idx | bundled, or one of pipeline/sources.py's KINDS
     location: str
     idx_files: list[tuple[str, str, str]] = field(default_factory=list)  # (images, labels, split)
+    units: list = field(default_factory=list)  # sources.py's: the manifest, shards or Parquet files
 
 
 def resolve_source(source: str) -> Source:
@@ -482,7 +484,8 @@ def plan(spark, src: Source, opts, scratch: str) -> Plan:
 
 def validate(opts) -> Source:
     options.positive(opts, "partitions", "batch_rows", "max_pixels")
-    src = resolve_source(opts.source)
+    found = sources.classify(opts)
+    src = Source(found[0], found[1], units=found[2]) if found else resolve_source(opts.source)
     if opts.incremental and opts.mode == "overwrite":
         raise PipelineError("--incremental adds to --output; --mode overwrite would replace it (drop one)")
     opts.output = absolute(opts.output)
@@ -491,13 +494,13 @@ def validate(opts) -> Source:
     return src
 
 
-def writing(decoder, tables: dict[str, str], run_id: str):
+def writing(decoder, tables: dict[str, str], run_id: str, direct: bool = False):
     """mapInArrow body: the decoder's rows written by this task, images by split and rejected rows
-    with their reasons; yields the manifest of its files."""
+    with their reasons; yields the manifest of its files (`direct`: at final names, pipeline/taskwrite.py)."""
     import pyarrow.compute as pc
 
     def write(batches):
-        files = taskwrite.TaskFiles(tables, run_id)
+        files = taskwrite.TaskFiles(tables, run_id, direct=direct)
         for batch in decoder(batches):
             failed = pc.is_valid(batch.column("reason"))
             # filters copy every pixel: skipped where the batch is all images, of one split
@@ -531,6 +534,9 @@ def run(spark, opts, record, src: Source) -> dict:
     """Every input decoded into a new dataset, or (--incremental) only the inputs the dataset
     lacks, appended to it; either way every input is in images or rejected exactly once."""
     set_conf(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", opts.batch_rows)  # until the job ends
+    if src.kind in sources.KINDS or sources.is_object_store(opts.output):
+        own = None if src.kind in sources.KINDS else (lambda scratch: plan(spark, src, opts, scratch))
+        return sources.run(spark, opts, record, src.kind, src.location, src.units, own)
     tables = {"images": f"{opts.output}/images", "rejected": f"{opts.output}/rejected"}
     incremental = opts.incremental and Files().exists(tables["images"])
     if opts.incremental and not incremental:

@@ -11,6 +11,11 @@ per file. The protocol is Hadoop's FileOutputCommitter (v1), with the driver as 
   partition (the one Spark counted), moves those files into place, checks each file's row count
   in its footer against what the task reported, and deletes `_temporary` with whatever failed,
   retried or speculative attempts left there.
+
+On an object store, where a rename is a copy, `direct` writes skip `_temporary`: each attempt writes
+at its final name, `part-<partition>-<run id>-<attempt id>.parquet`, and `commit` only checks the
+footers; the caller commits the files through the table's log (pipeline/sources.py), so a failed or
+speculative attempt's file, never listed there, is invisible to readers.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ ROW_GROUP_BYTES = 32 << 20  # rows are buffered to row groups of about this size
 class TaskFiles:
     """Worker side: one Parquet file per (table, dir) the task adds rows to."""
 
-    def __init__(self, tables: dict[str, str], run_id: str):
+    def __init__(self, tables: dict[str, str], run_id: str, direct: bool = False):
         from pyspark import TaskContext
 
         from pipeline.workers import skip_zip_rereads
@@ -36,8 +41,9 @@ class TaskFiles:
         skip_zip_rereads()
         ctx = TaskContext.get()
         self._tables = tables
-        self._attempt = f"{TEMPORARY}/{ctx.taskAttemptId()}"
-        self._name = f"part-{ctx.partitionId():05d}-{run_id}.parquet"
+        self._attempt = "" if direct else f"{TEMPORARY}/{ctx.taskAttemptId()}/"
+        self._name = (f"part-{ctx.partitionId():05d}-{run_id}-{ctx.taskAttemptId()}.parquet" if direct
+                      else f"part-{ctx.partitionId():05d}-{run_id}.parquet")
         self._files: dict[tuple[str, str], _File] = {}
 
     def add(self, table: str, folder: str, batch) -> None:
@@ -45,7 +51,7 @@ class TaskFiles:
         key = (table, folder)
         if key not in self._files:
             file = f"{folder}/{self._name}" if folder else self._name
-            self._files[key] = _File(self._tables[table], f"{self._attempt}/{file}", file, batch.schema)
+            self._files[key] = _File(self._tables[table], f"{self._attempt}{file}", file, batch.schema)
         self._files[key].add(batch)
 
     def close(self):
@@ -98,9 +104,10 @@ def setup(tables) -> None:
         fs.create_dir(f"{root.rstrip('/')}/{TEMPORARY}", recursive=True)
 
 
-def commit(tables: dict[str, str], manifest) -> dict[tuple[str, str], int]:
-    """Move the files of the manifest's attempts into their tables; {(table, folder): rows}, counted
-    from the files' footers. Through the tables' pyarrow filesystems, as the tasks wrote them."""
+def commit(tables: dict[str, str], manifest, direct: bool = False) -> dict[tuple[str, str], int]:
+    """Move the files of the manifest's attempts into their tables (`direct`: they are in place
+    already); {(table, folder): rows}, counted from the files' footers. Through the tables' pyarrow
+    filesystems, as the tasks wrote them."""
     import pyarrow.parquet as pq
 
     filesystems = {name: arrow_filesystem(table) for name, table in tables.items()}
@@ -109,12 +116,13 @@ def commit(tables: dict[str, str], manifest) -> dict[tuple[str, str], int]:
         fs, root = filesystems[row.table]
         root = root.rstrip("/")
         folder = row.file.rsplit("/", 1)[0] if "/" in row.file else ""
-        fs.create_dir(f"{root}/{folder}".rstrip("/"), recursive=True)
-        fs.move(f"{root}/{row.staged}", f"{root}/{row.file}")
+        if not direct:
+            fs.create_dir(f"{root}/{folder}".rstrip("/"), recursive=True)
+            fs.move(f"{root}/{row.staged}", f"{root}/{row.file}")
         rows = pq.read_metadata(f"{root}/{row.file}", filesystem=fs).num_rows
         if rows != row.rows:
             raise RuntimeError(f"{tables[row.table]}/{row.file}: a task reported {row.rows} rows, the file holds {rows}")
         landed[(row.table, folder)] = landed.get((row.table, folder), 0) + rows
-    for fs, root in filesystems.values():
+    for fs, root in filesystems.values() if not direct else ():
         fs.delete_dir(f"{root.rstrip('/')}/{TEMPORARY}")
     return landed

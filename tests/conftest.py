@@ -227,9 +227,9 @@ class S3Server:
 @pytest.fixture(scope="session")
 def s3_server():
     """An S3 endpoint for the object-store tests, once per test session: moto's server
-    (`python -m moto.server`) on a free loopback port, its AWS variables set in this process (so the
-    in-process jobs and the Spark workers they fork reach it; subprocess jobs get `s3_server.env`),
-    killed at the end."""
+    (`python -m moto.server`) on a free loopback port, its AWS variables set in this process (the
+    in-process jobs read them on the driver and hand them to their tasks, pipeline/io.py
+    object_store_env; subprocess jobs get `s3_server.env`), killed at the end."""
     import socket
     import subprocess
     import time
