@@ -33,7 +33,8 @@ BIGDL_JARS = ",".join(sorted(glob.glob(f"{PREFIX}/lib/python3*/site-packages/big
 # relative data paths are under the project root; manual runs without a logical date use the run's day
 DATA = "{{ under_home(params.data) }}"
 LOG4J = f"-Dlog4j2.configurationFile=file:{os.path.dirname(PROFILE)}/log4j2.properties"
-RUN = DATA + "/{{ ds or dag_run.run_after.strftime('%Y-%m-%d') }}"
+DAY = "{{ ds or dag_run.run_after.strftime('%Y-%m-%d') }}"
+RUN = f"{DATA}/{DAY}"
 DATASETS = DATA + "/datasets"
 
 
@@ -44,6 +45,9 @@ def spark_job(job: str, *args: str, bigdl: bool = False, incremental: bool = Fal
         # params.remote (conf/airflow.yaml): a Spark Connect server for every task; empty: classic Spark
         application_args=[*args, "--conf-file", PROFILE, "--runs-table", f"{DATA}/runs",
                           "--conf", "spark.remote={{ params.remote }}",
+                          # params.tracking_uri: every task's MLflow run, one night's runs found by their tag
+                          "--tracking-uri={{ params.tracking_uri }}", f"--tracking-tag=sparkgan.logical_date={DAY}",
+                          "--tracking-tag=airflow.dag_run_id={{ run_id }}",
                           *(["--incremental"] if incremental else ["--mode", "overwrite"])],
         conn_id=SETTINGS["conn_id"],
         conf={"spark.driver.extraJavaOptions": LOG4J, "spark.executor.extraJavaOptions": LOG4J,

@@ -63,6 +63,9 @@ def test_dag_imports_and_wires_the_jobs(airflow_env):
         assert resumes == task.startswith("train_"), task
         # the datasets grow: ingest adds only new files to one folder; the rest replace a dated one
         assert ("--incremental" in args) == task.startswith("ingest_") != ("--mode" in args), task
+        # every task logs to the DAG's tracking server, if one is set, tagged with the night it belongs to
+        assert "--tracking-uri={{ params.tracking_uri }}" in args, task
+        assert any(a.startswith("--tracking-tag=sparkgan.logical_date={{ ds or ") for a in args), task
     assert dag["catchup"] is False and dag["retries"] == 2 and dag["schedule"] == "0 2 * * *"
     assert {"data", "digits_source", "photos_source", "model_file"} <= set(dag["params"])
     conn, app, jars = dag["train_digits"]
