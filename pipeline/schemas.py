@@ -29,12 +29,25 @@ RUNS_SCHEMA = pa.schema([("run_id", pa.string()), ("job", pa.string()), ("status
                          ("rows_in", pa.int64()), ("rows_out", pa.int64()), ("rows_rejected", pa.int64()),
                          ("metrics", pa.map_(pa.string(), pa.float64())), ("error", pa.string()),
                          ("mlflow_run_id", pa.string())])  # null when the run was not tracked
+# train_gan's DCGAN samples (OUT/generated): the images contract plus the step that drew them
+GENERATED_SCHEMA = pa.schema([*IMAGE_FILE_SCHEMA, ("step", pa.int32()), ("split", pa.string())])
+# upscale's output (OUT/images): the SR images in the images contract, with each one's scores
+# (Y-channel PSNR/SSIM of SR and of bicubic against HR; null without --from-hr)
+SR_SCORES = ("psnr_sr", "psnr_bicubic", "ssim_sr", "ssim_bicubic")
+UPSCALED_SCHEMA = pa.schema([*IMAGE_FILE_SCHEMA, *((k, pa.float64()) for k in SR_SCORES), ("split", pa.string())])
+# featurize's output (OUT/features): `features` is a Spark ML vector, which Parquet holds as this struct
+VECTOR = pa.struct([pa.field("type", pa.int8(), nullable=False), ("size", pa.int32()),
+                    ("indices", pa.list_(pa.field("element", pa.int32(), nullable=False))),
+                    ("values", pa.list_(pa.field("element", pa.float64(), nullable=False)))])
+FEATURES_SCHEMA = pa.schema([("path", pa.string()), ("label", pa.string()), ("label_index", pa.int32()),
+                             ("features", VECTOR), ("model_name", pa.string()), ("model_digest", pa.string()),
+                             ("split", pa.string())])
 # what each ingest task reports of the files it wrote (pipeline/taskwrite.py)
 MANIFEST_SCHEMA = pa.schema([("table", pa.string()), ("staged", pa.string()), ("file", pa.string()),
                              ("rows", pa.int64())])
 
-_SPARK = {pa.string(): "string", pa.int32(): "int", pa.int64(): "long", pa.binary(): "binary",
-          pa.float32(): "float", pa.float64(): "double", _UTC: "timestamp"}
+_SPARK = {pa.string(): "string", pa.int8(): "tinyint", pa.int32(): "int", pa.int64(): "long",
+          pa.binary(): "binary", pa.float32(): "float", pa.float64(): "double", _UTC: "timestamp"}
 
 
 def _spark_type(t: pa.DataType) -> str:
