@@ -74,8 +74,10 @@ demo: $(STAMP)
 	@$(BIN)/python -m pipeline.runs out/runs --last 8
 
 TEST_NEEDS := $(STAMP) $(AIRFLOW_STAMP) $(if $(filter spark4,$(STACK)),$(CLIENT_STAMP))
+# The Spark 4 stack leaves the tests marked default_stack (a model's quality, the README's quickstart:
+# promises that do not depend on the Spark version) to the default stack's run.
 test: $(TEST_NEEDS)
-	$(BIN)/python -m pytest -q -rs --durations=12 tests
+	$(BIN)/python -m pytest -q -rs --durations=12 $(if $(filter spark4,$(STACK)),-m "not default_stack") tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -m "not slow" tests
@@ -93,7 +95,7 @@ MUTATE := $(foreach f,array_to_row row_to_array to_gray to_rgb _to_8bit decode_i
           $(foreach f,conf_dir load_profile read_spark_defaults _spark_value resolve_options,pipeline.config.x_$(f)*) \
           $(foreach f,check_distributor threads_per_process positive input_table output resume_decision,pipeline.options.x_$(f)*) \
           $(foreach f,parse_split parse_size split_of origin_of,pipeline.ingest.x_$(f)*) \
-          $(foreach f,absolute arrow_uri is_local local_path check_writable,pipeline.io.x_$(f)*) pipeline.io.x?Run?check_counts*
+          $(foreach f,absolute arrow_uri file_uri is_local local_path check_writable,pipeline.io.x_$(f)*) pipeline.io.x?Run?check_counts*
 mutation: $(STAMP)
 	$(PIP) mutmut
 	rm -rf mutants && mkdir mutants

@@ -14,6 +14,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: starts extra JVMs, clusters or long training (CI runs them)")
     config.addinivalue_line("markers", "spark: uses the session's SparkSession (set on every test that needs the "
                                        "spark fixture; `-m 'not spark'` leaves the Spark-free tests)")
+    config.addinivalue_line("markers", "default_stack: its promise does not depend on the Spark stack (a model's "
+                                       "quality, the README's quickstart): `make test STACK=spark4` leaves it to the "
+                                       "default stack's run, which CI runs too")
 
 
 def pytest_collection_modifyitems(items):

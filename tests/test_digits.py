@@ -70,8 +70,11 @@ def test_lenet5_trains_to_97_percent_and_resumes(spark, cli, mnist, tmp_path, ca
     assert "resuming from" in caplog.text and "epoch-0006" in caplog.text
     if engine == "bigdl":  # its epochs are logged by the driver; the torch ranks log in their own processes
         assert "epoch 7/7" in caplog.text and "epoch 1/7" not in caplog.text
+    first = metrics[metrics.name == "val_top1"].sort_values("step").value.tolist()
     metrics = spark.read.parquet(str(out / "metrics")).toPandas()
-    assert sorted(metrics[metrics.name == "val_top1"].step) == [7]  # this run trained epoch 7 only
+    # the history goes on from the checkpoint's: epochs 1-6 are the first run's rows, epoch 7 is new
+    resumed = metrics[metrics.name == "val_top1"].sort_values("step")
+    assert resumed.step.tolist() == [1, 2, 3, 4, 5, 6, 7] and resumed.value.tolist()[:6] == first
     top1 = float(metrics[metrics.name == "test_top1"].value.iloc[0])
     # a lower bar after one more epoch: a resumed last epoch has swung by up to 0.7 % (977 images)
     assert top1 >= 0.96, top1
@@ -132,7 +135,8 @@ def test_a_killed_try_is_retried_with_resume_auto_from_its_checkpoint(spark, mni
     assert retry.returncode == 0, retry.stderr[-3000:]
     assert f"resuming from {done.parent.parent / f'epoch-{killed_at:04d}'}" in retry.stderr
     metrics = pq.read_table(out / "metrics").to_pandas()
-    assert sorted(metrics[metrics.name == "val_top1"].step) == list(range(killed_at + 1, 6))  # not from zero
+    # the killed try's epochs and the retry's, each once: no gap, no duplicate across the kill
+    assert sorted(metrics[metrics.name == "val_top1"].step) == [1, 2, 3, 4, 5]
     last = pq.read_table(runs).to_pandas().sort_values("started_at").iloc[-1]
     assert last.status == "succeeded" and dict(last.metrics)["resumed_from_epoch"] == killed_at
 
@@ -176,3 +180,47 @@ def test_torch_digits_resume_equals_an_uninterrupted_run(tmp_path):
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 3 * (400 // 32)
     moments = [(a["optimizer"]["state"][i], b["optimizer"]["state"][i]) for i in a["optimizer"]["state"]]
     assert all(torch.equal(x["exp_avg_sq"], y["exp_avg_sq"]) and x["step"] == y["step"] for x, y in moments)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_torch_ranks_split_a_table_of_several_files_once_each(tmp_path, world):
+    """Each DDP rank reads its own rows of a table written as several files: together every
+    labelled row of the split once, in shards whose sizes differ by at most one."""
+    import shutil
+
+    import torch
+
+    from pipeline.digits.torch_engine import read_split
+    from tests.conftest import digits_table
+
+    for part, offset in enumerate((0, 30, 70)):  # three appends: three files per split
+        digits_table(tmp_path / f"part{part}", 25 + part * 5, 4, offset=offset)
+        for split in ("train", "test"):
+            (tmp_path / "t" / f"split={split}").mkdir(parents=True, exist_ok=True)
+            for f in (tmp_path / f"part{part}" / f"split={split}").iterdir():
+                shutil.move(f, tmp_path / "t" / f"split={split}" / f"{part}-{f.name}")
+    shards = [read_split(str(tmp_path / "t"), "train", rank, world) for rank in range(world)]
+    assert len(list((tmp_path / "t" / "split=train").iterdir())) == 3
+    x = torch.cat([s[0] for s in shards])
+    assert len(x) == 25 + 30 + 35 and max(len(s[0]) for s in shards) - min(len(s[0]) for s in shards) <= 1
+    assert len({row.numpy().tobytes() for row in x}) == len(x)  # no row twice (these digits are distinct)
+    whole, labels = read_split(str(tmp_path / "t"), "train", 0, 1)
+    assert sorted(r.numpy().tobytes() for r in x) == sorted(r.numpy().tobytes() for r in whole)
+    assert sorted(torch.cat([s[1] for s in shards]).tolist()) == sorted(labels.tolist())
+
+
+def test_every_engine_has_the_interface_train_digits_calls():
+    """pipeline/digits/engines.py's list, checked on each engine module (importing one needs neither
+    BigDL nor Spark: their imports live inside the functions)."""
+    import inspect
+
+    from pipeline.digits import engines
+
+    calls = {"check": 1, "trusted": 1, "check_model_file": 1, "train": 3, "load_checkpoint": 1, "predict": 4,
+             "save": 2, "load": 1}
+    for name in engines.ENGINES:
+        engine = engines.engine(name)
+        assert isinstance(engine.MODEL_FILE, str) and isinstance(engine.needs_bigdl, bool), name
+        for fn, arity in calls.items():
+            assert len(inspect.signature(getattr(engine, fn)).parameters) == arity, (name, fn)
+    assert {engines.engine(n).MODEL_FILE for n in engines.ENGINES} == {"lenet5.bigdl", "lenet5.pt"}

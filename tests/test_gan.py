@@ -100,6 +100,7 @@ def _runs(path, job):
 
 
 @pytest.mark.slow
+@pytest.mark.default_stack
 def test_srresnet_beats_bicubic_on_held_out_photos_and_upscale(spark, cli, datasets, tmp_path):
     photos = datasets / "photos" / "images"
     code, out, err = cli("train_gan", "--model", "srgan", "--input", photos, "--output", tmp_path / "sr",
@@ -145,6 +146,7 @@ def _digit_classifier(spark, images):
 
 
 @pytest.mark.slow
+@pytest.mark.default_stack
 def test_dcgan_samples_are_recognised_as_digits(spark, cli, mnist, tmp_path):
     images = mnist
     code, out, err = cli("train_gan", "--model", "dcgan", "--input", images, "--output", tmp_path / "dc",

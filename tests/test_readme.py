@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.default_stack]  # the quickstart is the default stack's
 README = os.path.join(ROOT, "README.md")
 VENV = os.path.basename(sys.prefix)  # .venv or .venv-spark4: the stack this test runs on
 STACK = "spark4" if VENV == ".venv-spark4" else "spark35"

@@ -24,6 +24,7 @@ def test_the_page_has_the_examples():
 
 
 @pytest.mark.slow
+@pytest.mark.default_stack
 def test_sparkdl_examples_run_as_written(spark, tmp_path, capsys):
     from pyspark.ml import PipelineModel
 

@@ -4,7 +4,8 @@ One loop for both GANs; what differs is a `Model`: how G and D are built, where 
 from, one optimisation step, and (DCGAN) sample grids. DDP over gloo (CPU) or NCCL (GPU); on
 GPUs bf16 autocast and channels_last. Batches are made on a background thread ahead of the
 step (`TrainConfig.prefetch`). Rank 0 logs, appends metric rows and checkpoints every
-`checkpoint_every` steps into the checkpoint folder (layout: `pipeline.gan.checkpoints`).
+`checkpoint_every` steps into the checkpoint folder (layout: pipeline/training_run.py and
+pipeline/gan/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch.nn import functional as F
 
 from pipeline import ddp, tracking
 from pipeline.gan import checkpoints, data, models
+from pipeline.training_run import CheckpointFolder, MetricLog
 from pipeline.gan.config import ADVERSARIAL_LOSS_WEIGHT, SCALE, VGG_LOSS_WEIGHT, TrainConfig
 
 log = logging.getLogger("pipeline.gan")
@@ -179,13 +181,13 @@ def train_worker(cfg: TrainConfig):
              torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=model.betas),
              features.to(r.device) if features is not None else None)
 
-    start = 0
-    ckpt = checkpoints.latest_checkpoint(folder) if cfg.resume else None
+    start, run = 0, CheckpointFolder(folder, "step")
+    ckpt = run.latest() if cfg.resume else None
     if ckpt:
-        start = _resume(n, ckpt)
+        start = _resume(n, os.path.join(ckpt.folder, checkpoints.CHECKPOINT))
         if r.rank == 0:
-            log.info("resuming %s from step %d (%s)", cfg.model, start, ckpt)
-    metrics = checkpoints.MetricLog(folder, start) if r.rank == 0 else None
+            log.info("resuming %s from step %d (%s)", cfg.model, start, ckpt.folder)
+    metrics = MetricLog(folder, start) if r.rank == 0 else None
     batches = data.prefetch(model.batches(cfg, r.rank, r.world, cfg.batch_size // r.world), cfg.prefetch,
                             _tensors(r.device))
     t_last, seen = time.perf_counter(), 0
@@ -205,9 +207,11 @@ def train_worker(cfg: TrainConfig):
                 model.sample(n, step)
             if _due(step, cfg.checkpoint_every, cfg.steps):
                 if r.rank == 0:
+                    saved = run.new(step)
                     ddp.save_atomic({"G": ddp.unwrap(G).state_dict(), "D": ddp.unwrap(D).state_dict(),
                                      "opt_g": n.opt_g.state_dict(), "opt_d": n.opt_d.state_dict(), "step": step,
-                                     "cfg": cfg.to_dict()}, os.path.join(folder, checkpoints.CHECKPOINT))
+                                     "cfg": cfg.to_dict()}, os.path.join(saved, checkpoints.CHECKPOINT))
+                    run.seal(saved)
                 ddp.barrier(r)
     finally:
         batches.close()
