@@ -34,7 +34,7 @@ import pyarrow as pa
 from pipeline import images as im
 from pipeline import options
 from pipeline.errors import PipelineError
-from pipeline.io import Files, absolute, arrow_filesystem, atomic_output, is_local
+from pipeline.io import Files, absolute, arrow_filesystem, atomic_output, is_local, object_store_env, use_object_store_env
 from pipeline.schemas import REJECTED_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,7 @@ def writing(output: str, run_id: str, shard_size: ShardSize, fmt: str, quality: 
     rejected rows written beside them; yields one FILES_SCHEMA row per file written."""
     ext, pil_format = FORMATS[fmt]
     tag = run_id.rsplit("-", 1)[-1]
+    env = object_store_env()
 
     def write(batches):
         from pyspark import TaskContext
@@ -200,6 +201,7 @@ def writing(output: str, run_id: str, shard_size: ShardSize, fmt: str, quality: 
         from pipeline.workers import skip_zip_rereads
 
         skip_zip_rereads()
+        use_object_store_env(env)
         ctx = TaskContext.get()
         part, name = ctx.partitionId(), f"{ctx.partitionId():05d}-{tag}-{ctx.taskAttemptId()}"
         fs, root = arrow_filesystem(output)
@@ -314,8 +316,13 @@ def _export(spark, opts, record, target: str) -> list[dict]:
         raise PipelineError(f"--input {opts.input}: no rows" + (f" of split {','.join(opts.split)}" if opts.split else ""))
     log.info("exporting %d rows of %s to %s as %s shards of %s", record.rows_in, opts.input, opts.output,
              opts.format, opts.shard_size)
+    started = time.time()
     files = [r.asDict() for r in df.mapInArrow(writing(target, record.run_id, opts.shard_size, opts.format,
                                                         opts.quality), FILES_DDL).collect()]
+    shards = [f for f in files if f["kind"] == "shard"]
+    log.info("wrote %d samples in %d shards (%.1f MB) in %.1f s: %.0f samples/s", sum(f["rows"] for f in shards),
+             len(shards), sum(f["bytes"] for f in shards) / 1e6, time.time() - started,
+             sum(f["rows"] for f in shards) / max(time.time() - started, 1e-9))
     fs, root = arrow_filesystem(target)
     root = root.rstrip("/")
     _commit_files(fs, root, files, record.run_id.rsplit("-", 1)[-1])
