@@ -100,15 +100,15 @@ def classify(opts):
             return "manifest", location, [(location, info.size)]
         raise PipelineError(f"--source {source}: a file, but not a manifest (expected one of "
                             f"{', '.join(MANIFEST_SUFFIXES)}) nor a Parquet of bytes (--image-column)")
-    files, hidden = [], 0
-    for info in filesystem.get_file_info(pafs.FileSelector(root.rstrip("/"), recursive=True)):
-        rel = info.path[len(root.rstrip("/")) + 1:]
-        if info.type != pafs.FileType.File:
-            continue
-        if is_hidden(rel):
-            hidden += 1
-            continue
-        files.append((_uri_of(location, root, info.path), info.size))
+    files = []
+    for info in walk(filesystem, root):
+        uri = _uri_of(location, root, info.path)
+        if not opts.image_column and uri.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS:
+            files = []  # a folder of images: the tasks list it (ingest's own listing, locally)
+            break
+        files.append((uri, info.size))
+    if not files and not opts.image_column:
+        return None if is_local(source) else ("objects", location, [])
     if opts.image_column:
         parquet = [(u, s) for u, s in files if u.endswith(".parquet")]
         if not parquet:
@@ -118,11 +118,23 @@ def classify(opts):
     tars = sorted((u, s) for u, s in files if u.endswith(".tar"))
     if tars:
         return "tar", location, tars
-    if is_local(source):
-        return None  # a local folder of images: ingest's own listing
-    if not files:
-        raise PipelineError(f"--source {source}: the folder contains no files")
-    return "objects", location, []
+    return None if is_local(source) else ("objects", location, [])
+
+
+def walk(filesystem, root: str):
+    """The visible files under `root`, one folder's listing at a time (never the whole tree in memory;
+    hidden names, Spark's rule, skipped with what is below them)."""
+    from pyarrow import fs as pafs
+
+    todo = [root.rstrip("/")]
+    while todo:
+        for info in filesystem.get_file_info(pafs.FileSelector(todo.pop())):
+            if is_hidden(info.base_name):
+                continue
+            if info.type == pafs.FileType.Directory:
+                todo.append(info.path)
+            elif info.type == pafs.FileType.File:
+                yield info
 
 
 def _uri_of(location: str, root: str, inner: str) -> str:
@@ -272,10 +284,10 @@ def decode_tar(split, resize, max_pixels):
         return ingest._image_row(path, label, label_index(label), arr, ingest.split_of(path, split), None)
 
     def decode(batches):
+        out, size = [], 0
         for batch in batches:
             for shard, known in zip(batch.column("shard").to_pylist(), batch.column("known").to_pylist()):
                 known = set(known or ())
-                out = []
                 for key, members, error in _samples(shard, limit):
                     path = f"{shard}#{key}"
                     if key in known:
@@ -284,14 +296,16 @@ def decode_tar(split, resize, max_pixels):
                         out.append(ingest._rejected_row(path, error))
                         continue
                     try:
-                        out.append(sample_row(path, members))
+                        row = sample_row(path, members)
+                        out.append(row)
+                        size += len(row[8])
                     except im.DecodeError as exc:
                         out.append(ingest._rejected_row(path, str(exc)))
-                    if len(out) >= 256:
+                    if size >= ingest.BATCH_BYTES:
                         yield ingest._batch(out)
-                        out = []
-                if out:
-                    yield ingest._batch(out)
+                        out, size = [], 0
+        if out:
+            yield ingest._batch(out)
     return decode
 
 
@@ -450,10 +464,23 @@ def _readline(fh) -> None:
             return
 
 
+_ARROW = {"string": pa.string(), "long": pa.int64(), "int": pa.int32(), "boolean": pa.bool_()}
+
+
 def _units_frame(spark, units: list[tuple], ddl: str, tasks: int):
-    """A small DataFrame of work units, spread one group per task (round-robin over `tasks`)."""
-    df = spark.createDataFrame(units, ddl)
-    return df.repartition(max(1, min(tasks, len(units))))
+    """A DataFrame of work units in `tasks` tasks, contiguous runs of them, made without a shuffle
+    (spark.range's partitions, each turning its ids into units): a unit's task starts at once."""
+    fields = [c.split() for c in ddl.split(",")]
+    schema = pa.schema([(name, _ARROW[kind]) for name, kind in fields])
+    units = list(units)
+
+    def expand(batches):
+        for batch in batches:
+            ids = batch.column(0).to_pylist()
+            yield pa.RecordBatch.from_arrays([pa.array([units[i][j] for i in ids], f.type)
+                                              for j, f in enumerate(schema)], schema=schema)
+    k = max(1, min(tasks, len(units)))
+    return spark.range(0, len(units), 1, k).mapInArrow(expand, ddl)
 
 
 def plan_manifest(spark, opts, location: str, size: int) -> Plan:
@@ -496,11 +523,10 @@ def plan_manifest(spark, opts, location: str, size: int) -> Plan:
     n = max(1, opts.partitions)
 
     def rows(known):
-        # a URI listed twice is one input; the shuffle also spreads the fetches evenly over the tasks
-        df = entries.dropDuplicates(["path"])
-        if known is not None:
-            df = df.join(known, "path", "left_anti")
-        return df.repartition(n)
+        # a URI listed twice is one input; the one shuffle (by path, into n tasks) also spreads the
+        # fetches evenly over the tasks
+        df = entries.repartition(n, "path").dropDuplicates(["path"])
+        return df if known is None else df.join(known, "path", "left_anti")
     return Plan(rows, _rows_decoder(opts.split, opts.resize, opts.max_pixels, _manifest_or_missing))
 
 
@@ -521,7 +547,7 @@ def plan_tar(spark, opts, location: str, shards: list) -> Plan:
         keyed = known.select(F.regexp_extract("path", r"^(.*)#([^#]*)$", 1).alias("shard"),
                              F.regexp_extract("path", r"^(.*)#([^#]*)$", 2).alias("key"))
         per_shard = keyed.where(F.col("shard") != "").groupBy("shard").agg(F.collect_list("key").alias("known"))
-        return frame.join(per_shard, "shard", "left").repartition(len(shards))
+        return frame.join(per_shard, "shard", "left").repartition(len(shards), "shard")
     return Plan(rows, decode_tar(opts.split, opts.resize, opts.max_pixels), notes={"shards": len(shards)})
 
 
@@ -569,7 +595,6 @@ def plan_parquet(spark, opts, location: str, files: list) -> Plan:
 def _list_tree(location: str, classes: list[str]):
     """mapInArrow body over top-level names of a remote folder: each task lists its subtree through
     pyarrow (streamed) and yields its files' URIs with their class folder as the label."""
-    from pyarrow import fs as pafs
 
     index = {c: i for i, c in enumerate(classes)}
     env = object_store_env()
@@ -585,10 +610,8 @@ def _list_tree(location: str, classes: list[str]):
                                                       "label_index": pa.array([None], pa.int32())})
                     continue
                 paths = []
-                for info in filesystem.get_file_info(pafs.FileSelector(f"{root}/{name}", recursive=True)):
-                    rel = info.path[len(root) + 1:]
-                    if info.type == pafs.FileType.File and not is_hidden(rel):
-                        paths.append(f"{location.rstrip('/')}/{rel}")
+                for info in walk(filesystem, f"{root}/{name}"):
+                    paths.append(f"{location.rstrip('/')}/{info.path[len(root) + 1:]}")
                     if len(paths) >= 10_000:
                         yield _labelled(paths, name, index.get(name))
                         paths = []

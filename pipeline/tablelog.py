@@ -67,13 +67,24 @@ class TableLog:
     def _statuses(self, files: list[str]) -> dict[str, tuple[int, int]]:
         from pyarrow import fs as pafs
 
-        out = {}
+        # many files of a folder: one listing of it (1,000 names a request), not one request per
+        # file (on an object store a commit of 10,000 task files would be 10,000 HEAD requests);
+        # a few: one request each, as a folder that grows every night would make its listing long
+        out, folders = {}, {}
         for f in files:
-            filesystem, inner = self.fs._fs(f)
-            info = filesystem.get_file_info(inner)
-            if info.type != pafs.FileType.File:
-                raise FileNotFoundError(f)
-            out[f] = (info.size, int((info.mtime.timestamp() if info.mtime else time.time()) * 1000))
+            folders.setdefault(f.rsplit("/", 1)[0], []).append(f)
+        for folder, wanted in folders.items():
+            filesystem, inner = self.fs._fs(folder)
+            if len(wanted) >= 64:
+                infos = filesystem.get_file_info(pafs.FileSelector(inner))
+            else:
+                infos = filesystem.get_file_info([self.fs._fs(f)[1] for f in wanted])
+            found = {i.base_name: i for i in infos if i.type == pafs.FileType.File}
+            for f in wanted:
+                info = found.get(f.rsplit("/", 1)[1])
+                if info is None:
+                    raise FileNotFoundError(f)
+                out[f] = (info.size, int((info.mtime.timestamp() if info.mtime else time.time()) * 1000))
         return out
 
     def add(self, files: list[str]) -> int:
