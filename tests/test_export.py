@@ -15,6 +15,14 @@ wds = pytest.importorskip("webdataset", reason="webdataset (requirements-dev.txt
 torch = pytest.importorskip("torch")
 
 
+@pytest.mark.parametrize("name,size", [("0123456789abcdef" * 2 + ".png", 127), ("f" * 32 + ".json", 0),
+                                       ("a.cls", 1), ("e" * 32 + ".jpg", 160_000_016)])
+def test_member_headers_are_tarfiles_own(name, size):
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o444, 0
+    assert export.header(name, size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+
+
 def table_pixels(table) -> dict:
     """{sample key: (HxWxC RGB pixels, label_index)} of an images table, read with pyarrow."""
     rows = pq.read_table(str(table), columns=["path", "height", "width", "nChannels", "data", "label_index"])
