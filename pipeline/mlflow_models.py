@@ -5,15 +5,13 @@ committed), with a signature and an input example taken from the job's own input
   job's model/ folder; BigDL: the same folder, as a pyfunc model whose loader is predict_digits
   (`--model models:/NAME/VERSION`): BigDL needs its own Spark session to load.
 * train_gan: the generator (generator.pt + generator.json) as a pyfunc model.
-* transfer: the Spark ML PipelineModel in MLflow's spark flavor.
+* transfer: the Spark ML PipelineModel in MLflow's spark flavor (signature only: an example of a vector
+  column cannot be written).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-
-log = logging.getLogger(__name__)
 
 CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mlflow_pyfunc.py")
 NAME = "model"  # the model's name inside its run
@@ -110,10 +108,16 @@ def _spark_model(out: str, opts, uri: str, run_id: str) -> str | None:
     from pyspark.ml import PipelineModel
     from pyspark.sql import SparkSession
 
+    from mlflow.models import infer_signature
+
+    from pipeline.transfer import load_features
+
     spark = SparkSession.getActiveSession()
     model = PipelineModel.load(f"file:{os.path.join(out, 'model')}")
-    example = spark.read.parquet(opts.input).select("features").limit(2).toPandas()
+    features = load_features(spark, opts.input)[0].select("features").limit(2)
+    signature = infer_signature(features, model.transform(features).select("prediction"))
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.spark.log_model(model, artifact_path=NAME, input_example=example)
+        # a signature but no input example: MLflow cannot write a Spark ML vector into one as JSON
+        info = mlflow.spark.log_model(model, artifact_path=NAME, signature=signature)
     return info.model_uri

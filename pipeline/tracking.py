@@ -129,8 +129,7 @@ def _resumed_run(client, experiment_id: str, opts) -> str | None:
     folder = getattr(opts, "checkpoint_dir", None)
     if not folder or getattr(opts, "resume", "off") == "off":
         return None
-    if not glob.glob(os.path.join(folder, "epoch-*", "DONE")) and not os.path.isfile(
-            os.path.join(folder, "checkpoint.pt")):
+    if not glob.glob(os.path.join(folder, "*-*", "DONE")):  # a complete checkpoint (pipeline/training_run.py)
         return None
     found = client.search_runs([experiment_id], filter_string=f"tags.`sparkgan.checkpoint_dir` = '{folder}'",
                                order_by=["attributes.start_time DESC"], max_results=1)
@@ -245,20 +244,26 @@ def job_run(s: Settings | None, job: str, opts, run, config: dict, spark, runs_t
         yield None
         return
     tracker = Tracker(s, job)
-    try:
-        tracker.start(run, opts, config, spark, runs_table)
-    except Exception as exc:
-        _tracking_failed(s, "could not start the MLflow run", exc)
-        yield None
-        return
+    before = os.environ.get(ENV_URI)
     ok = False
     try:
+        try:
+            tracker.start(run, opts, config, spark, runs_table)
+        except Exception as exc:
+            _tracking_failed(s, "could not start the MLflow run", exc)
+            yield None
+            return
         yield tracker
         ok = True
     finally:
+        # the next job in this process (a test session, a notebook) decides about tracking afresh
         os.environ.pop(ENV_RUN, None)
+        if before is None:
+            os.environ.pop(ENV_URI, None)
+        else:
+            os.environ[ENV_URI] = before
         with contextlib.suppress(Exception):
-            if not ok:
+            if not ok and tracker.run_id:
                 tracker.failed()
     try:
         tracker.finish(run, opts)
@@ -359,8 +364,14 @@ def resolve_model(value: str, option: str, uri: str | None = None) -> str:
         folder = mlflow.artifacts.download_artifacts(artifact_uri=value)
     except MlflowException as exc:
         raise PipelineError(f"{option} {value}: {str(exc).splitlines()[0]}") from None
+    if option == "--model-file":  # a Keras model file, as mlflow.tensorflow logs one (data/model.keras) or ours
+        found = sorted(glob.glob(os.path.join(folder, "**", "*.keras"), recursive=True)
+                       + glob.glob(os.path.join(folder, "**", "*.h5"), recursive=True))
+        if len(found) != 1:
+            raise PipelineError(f"{option} {value}: expected one .keras or .h5 file in the model, found {len(found)}")
+        return found[0]
     files = os.path.join(folder, "artifacts", "model")
     if not os.path.isdir(files):
         raise PipelineError(f"{option} {value}: not a sparkgan model (no artifacts/model in it)")
-    log.info("%s %s: downloaded to %s", option, value, files)
+    log.info("%s %s: the registry's copy is %s", option, value, files)
     return files
