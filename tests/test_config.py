@@ -120,7 +120,7 @@ def test_load_profile_refuses_with_the_reason(tmp_path):
     assert refused("a: [") == f"--conf-file {path}: not valid YAML (ParserError)"
     assert refused("- 1\n- 2\n") == f"--conf-file {path}: expected a mapping at the top level"
     assert refused("master: x\nworkers: 2\nextra: 1\n") == \
-        f"--conf-file {path}: unknown key(s) extra, workers (expected jobs, master, runs_table, spark, spark_defaults)"
+        f"--conf-file {path}: unknown key(s) extra, workers (expected jobs, master, runs_table, spark, spark_defaults, tracking)"
     assert refused("spark: [1, 2]\n") == f"--conf-file {path}: 'spark' must be a mapping"
     assert refused("jobs: 3\n") == f"--conf-file {path}: 'jobs' must be a mapping"
     assert refused("jobs: {ingest: {spark: 3}}\n") == f"--conf-file {path}: 'jobs.ingest.spark' must be a mapping"
