@@ -148,7 +148,7 @@ def pack_sources(folder: str, n: int, shard_size: int = 1000) -> dict[str, str]:
     import io
     import tarfile
 
-    out = f"{folder}-sources"
+    out = f"{folder}-sources-{shard_size}"
     names = sorted((label, f) for label in os.listdir(folder) for f in os.listdir(os.path.join(folder, label)))
     if not os.path.isdir(out):
         os.makedirs(f"{out}/shards")

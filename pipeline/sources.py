@@ -44,6 +44,7 @@ MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".ndjson")
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "pbm", "gif")
 OBJECT_STORES = ("s3", "s3a", "s3n", "gs", "gcs")
 SLICE_BYTES = 64 << 20  # a CSV/JSONL manifest is read in byte ranges of this size, one task each
+NO_URI = "#row-without-uri-"  # the key of a manifest row with no URI: <manifest>#row-without-uri-<slice>-<row>
 INPUTS = "_inputs"  # the manifest row in which a task reports how many inputs it read
 
 
@@ -191,28 +192,64 @@ def label_index(label):
 
 # ---------------------------------------------------------------- decoders (executor side)
 
-def _rows_decoder(split, resize, max_pixels, fetcher):
+FETCHES_IN_FLIGHT = 16  # per task: an object-store GET waits tens of ms, a small image decodes in less
+
+
+def _prefetched(rows, fetcher, limit, threads: int):
+    """(row, bytes or DecodeError) in order, with up to `threads` fetches running ahead (pyarrow
+    releases the GIL while it waits on the network)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    def get(row):
+        try:
+            return fetcher(row, limit)
+        except im.DecodeError as exc:
+            return exc
+
+    if threads <= 1:
+        for row in rows:
+            yield row, get(row)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        window = deque()
+        for row in rows:
+            window.append((row, pool.submit(get, row)))
+            if len(window) >= threads:
+                r, fut = window.popleft()
+                yield r, fut.result()
+        while window:
+            r, fut = window.popleft()
+            yield r, fut.result()
+
+
+def _rows_decoder(split, resize, max_pixels, fetcher, threads: int = 1):
     """mapInArrow body over rows of `path` and `label` (plus whatever `fetcher` reads): one image or
-    rejected row per input, bytes from `fetcher(row)`."""
+    rejected row per input, bytes from `fetcher(row)` (`threads` of them in flight)."""
     from pipeline import ingest
 
     limit = im.max_file_bytes(max_pixels)
 
+    def rows_of(batches):
+        for batch in batches:
+            yield from batch.to_pylist()
+
     def decode(batches):
         out, size = [], 0
-        for batch in batches:
-            for row in batch.to_pylist():
-                try:
-                    arr = im.decode_image(fetcher(row, limit), resize, max_pixels)
-                    label = row.get("label")
-                    out.append(ingest._image_row(row["path"], label, row.get("label_index", label_index(label)),
-                                                 arr, ingest.split_of(row["path"], split), None))
-                    size += arr.nbytes
-                except im.DecodeError as exc:
-                    out.append(ingest._rejected_row(row["path"], str(exc)))
-                if size >= ingest.BATCH_BYTES:
-                    yield ingest._batch(out)
-                    out, size = [], 0
+        for row, content in _prefetched(rows_of(batches), fetcher, limit, threads):
+            try:
+                if isinstance(content, im.DecodeError):
+                    raise content
+                arr = im.decode_image(content, resize, max_pixels)
+                label = row.get("label")
+                out.append(ingest._image_row(row["path"], label, row.get("label_index", label_index(label)),
+                                             arr, ingest.split_of(row["path"], split), None))
+                size += arr.nbytes
+            except im.DecodeError as exc:
+                out.append(ingest._rejected_row(row["path"], str(exc)))
+            if size >= ingest.BATCH_BYTES:
+                yield ingest._batch(out)
+                out, size = [], 0
         if out:
             yield ingest._batch(out)
     return decode
@@ -412,7 +449,9 @@ def _manifest_reader(location: str, fmt: str, uri_column: str, label_column: str
         for batch in batches:
             for start, end in zip(batch.column("start").to_pylist(), batch.column("end").to_pylist()):
                 rows = rows_of(start, end)
-                paths = [None if u is None else _resolve(str(u), base) for u, _ in rows]
+                # a row without a URI gets a key of its place in the manifest: rejected once, not each run
+                paths = [f"{location}{NO_URI}{start}-{i}" if u is None or u == "" else _resolve(str(u), base)
+                         for i, (u, _) in enumerate(rows)]
                 labels = [None if v is None else str(v) for _, v in rows]
                 yield pa.RecordBatch.from_arrays([pa.array(paths, pa.string()), pa.array(labels, pa.string())],
                                                  names=["path", "label"])
@@ -484,7 +523,6 @@ def _units_frame(spark, units: list[tuple], ddl: str, tasks: int):
 
 
 def plan_manifest(spark, opts, location: str, size: int) -> Plan:
-    from pyspark.sql import functions as F
 
     fmt = "parquet" if location.endswith(".parquet") else "csv" if location.endswith(".csv") else "jsonl"
     filesystem, path = open_uri(location)
@@ -516,10 +554,6 @@ def plan_manifest(spark, opts, location: str, size: int) -> Plan:
     slices = _units_frame(spark, units, "start long, end long", len(units))
     entries = slices.mapInArrow(_manifest_reader(location, fmt, opts.uri_column, opts.label_column, header),
                                 "path string, label string")
-    missing = F.col("path").isNull()
-    entries = entries.withColumn("path", F.when(missing, F.concat(F.lit(f"{location}#row-without-uri-"),
-                                                                  F.monotonically_increasing_id().cast("string")))
-                                 .otherwise(F.col("path")))
     n = max(1, opts.partitions)
 
     def rows(known):
@@ -527,11 +561,11 @@ def plan_manifest(spark, opts, location: str, size: int) -> Plan:
         # fetches evenly over the tasks
         df = entries.repartition(n, "path").dropDuplicates(["path"])
         return df if known is None else df.join(known, "path", "left_anti")
-    return Plan(rows, _rows_decoder(opts.split, opts.resize, opts.max_pixels, _manifest_or_missing))
+    return Plan(rows, _rows_decoder(opts.split, opts.resize, opts.max_pixels, _manifest_or_missing, FETCHES_IN_FLIGHT))
 
 
 def _manifest_or_missing(row, limit):
-    if "#row-without-uri-" in row["path"]:
+    if NO_URI in row["path"]:
         raise im.DecodeError("manifest row without a URI")
     return fetch(row["path"], limit)
 
@@ -640,7 +674,7 @@ def plan_objects(spark, opts, location: str) -> Plan:
     def rows(known):
         df = listed if known is None else listed.join(known, "path", "left_anti")
         return df.repartition(n)
-    return Plan(rows, _rows_decoder(opts.split, opts.resize, opts.max_pixels, _fetch_uri))
+    return Plan(rows, _rows_decoder(opts.split, opts.resize, opts.max_pixels, _fetch_uri, FETCHES_IN_FLIGHT))
 
 
 def plan(spark, opts, kind: str, location: str, units) -> Plan:

@@ -39,7 +39,8 @@ def _tar(path, members):
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory):
     """N digits as a folder-per-class tree, WebDataset shards (plus one corrupt sample and one
-    without an image), manifests (CSV, JSONL, Parquet; plus one URI that names nothing) and a
+    without an image), manifests (CSV, JSONL, Parquet; plus a URI that names nothing and a row
+    without one) and a
     Hugging Face-style Parquet of {bytes, path} structs."""
     from pipeline.ingest import load_bundled
 
@@ -61,14 +62,14 @@ def digits(tmp_path_factory):
             members += [("bad01.png", pngs[0][:60]), ("bad01.cls", b"0"), ("nopng.cls", b"1")]
         _tar(root / "shards" / f"{s:05d}.tar", members)
     rows = [{"uri": f"../folder/{labels[i]}/{i:05d}.png", "label": str(labels[i])} for i in range(N)]
-    rows.append({"uri": "../folder/9/missing.png", "label": "9"})
+    rows += [{"uri": "../folder/9/missing.png", "label": "9"}, {"uri": None, "label": "1"}]
     (root / "manifest").mkdir()
     with open(root / "manifest" / "m.csv", "w") as fh:
-        fh.write("uri,label\n" + "".join(f"{r['uri']},{r['label']}\n" for r in rows))
+        fh.write("uri,label\n" + "".join(f"{r['uri'] or ''},{r['label']}\n" for r in rows))
     with open(root / "manifest" / "m.jsonl", "w") as fh:
         fh.write("".join(json.dumps(r) + "\n" for r in rows))
     # absolute URIs in the Parquet manifest (relative ones are resolved against the manifest's folder)
-    pq.write_table(pa.Table.from_pylist([{**r, "uri": str(root / r["uri"][3:])} for r in rows]),
+    pq.write_table(pa.Table.from_pylist([{**r, "uri": r["uri"] and str(root / r["uri"][3:])} for r in rows]),
                    root / "manifest" / "m.parquet", row_group_size=100)
     struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     hf = pa.table({"image": pa.array([{"bytes": pngs[i], "path": f"{i:05d}.png"} for i in range(N)], struct),
@@ -131,8 +132,18 @@ def test_manifest(cli, digits, tmp_path, name):
     code, out, err = cli("ingest", "--source", digits["root"] / "manifest" / name, "--output", tmp_path / "ds",
                          "--uri-column", "uri", "--label-column", "label")
     assert code == 0, err
-    assert _counts(tmp_path / "runs") == (N + 1, N, 1)
-    _check_digits(digits, tmp_path / "ds", ["no such file"])
+    assert _counts(tmp_path / "runs") == (N + 2, N, 2)
+    _check_digits(digits, tmp_path / "ds", ["no such file", "manifest row without a URI"])
+
+
+def test_manifest_incremental_rerun_adds_nothing(cli, digits, tmp_path):
+    """Every input has a stable key, the URI-less row too: a second run finds nothing new."""
+    for expected in ((N + 2, N, 2), (0, 0, 0)):
+        code, _, err = cli("ingest", "--source", digits["root"] / "manifest" / "m.csv", "--output", tmp_path / "ds",
+                           "--label-column", "label", "--incremental")
+        assert code == 0, err
+        assert _counts(tmp_path / "runs") == expected
+    _check_digits(digits, tmp_path / "ds", ["no such file", "manifest row without a URI"])
 
 
 def test_manifest_names_a_missing_column(cli, digits, tmp_path):
@@ -194,7 +205,7 @@ def s3_digits(s3_server, digits):
 
 @pytest.mark.parametrize("source,extra,rejected", [
     ("shards", [], ["truncated image", "no image member"]),
-    ("manifest/m.jsonl", ["--label-column", "label"], ["no such file"]),
+    ("manifest/m.jsonl", ["--label-column", "label"], ["no such file", "manifest row without a URI"]),
     ("folder", [], []),
     ("hf", ["--image-column", "image", "--label-column", "label"], []),
 ])
