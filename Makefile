@@ -110,6 +110,7 @@ planted: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/export.py
 	$(BIN)/python bench/digits.py
 	$(BIN)/python bench/featurize.py
 	$(BIN)/python bench/gan.py
