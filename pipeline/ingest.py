@@ -20,7 +20,7 @@ import os
 import re
 import stat
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -30,7 +30,7 @@ import pyarrow as pa
 from pipeline import images as im
 from pipeline import options, sources, taskwrite
 from pipeline.errors import PipelineError
-from pipeline.io import (HIDDEN, Files, absolute, arrow_filesystem, atomic_output, is_hidden, is_local,
+from pipeline.io import (HIDDEN, Files, absolute, arrow_filesystem, atomic_output, file_uri, is_hidden, is_local,
                          local_path)
 from pipeline.schemas import IMAGE_FILE_SCHEMA, IMAGE_SCHEMA, REJECTED_SCHEMA
 from pipeline.session import set_conf
@@ -99,11 +99,22 @@ def add_arguments(p: argparse.ArgumentParser) -> dict:
 
 # ---------------------------------------------------------------- sources
 
+@dataclass(frozen=True)
+class IdxFiles:
+    """One split's pair of MNIST IDX files; `count` and `shape` once the driver has read the headers."""
+
+    images: str
+    labels: str
+    split: str
+    count: int = 0
+    shape: tuple[int, int] = (0, 0)
+
+
 @dataclass
 class Source:
     kind: str  # files | idx | bundled, or one of pipeline/sources.py's KINDS
     location: str
-    idx_files: list[tuple[str, str, str]] = field(default_factory=list)  # (images, labels, split)
+    idx_files: list[IdxFiles] = field(default_factory=list)
     units: list = field(default_factory=list)  # sources.py's: the manifest, shards or Parquet files
 
 
@@ -129,7 +140,7 @@ def resolve_source(source: str) -> Source:
                 raise PipelineError(f"--source {source}: {img or lab} has no matching "
                                     f"{'labels' if img else 'images'} file")
             if img:
-                pairs.append((os.path.join(path, img), os.path.join(path, lab), split))
+                pairs.append(IdxFiles(os.path.join(path, img), os.path.join(path, lab), split))
         return Source("idx", os.path.abspath(path), pairs)
     for root, dirs, files in os.walk(path):
         dirs[:] = [d for d in dirs if not is_hidden(d)]
@@ -152,8 +163,8 @@ def split_of(key: str, split: tuple[tuple[str, float], ...]) -> str:
 
 
 def origin_of(path: str) -> str:
-    """Spark's image source spells local files file:///x where binaryFile says file:/x."""
-    return "file://" + path[5:] if path.startswith("file:/") and not path.startswith("file://") else path
+    """A row's origin: its path as Spark's image source spells it (pipeline.io.file_uri)."""
+    return file_uri(path)
 
 
 def _image_row(path, label, label_index, arr, split, resize):
@@ -393,29 +404,29 @@ def idx_paths(spark, files, partitions: int):
 
     from pyspark.sql import functions as F
 
-    frames = [spark.range(0, count, numPartitions=partitions)
-              .select(F.concat(F.lit(f"file:{img}#"), F.lpad(F.col("id").cast("string"), 5, "0")).alias("path"))
-              for img, _, _, count, _ in files]
+    frames = [spark.range(0, f.count, numPartitions=partitions)
+              .select(F.concat(F.lit(f"file:{f.images}#"), F.lpad(F.col("id").cast("string"), 5, "0")).alias("path"))
+              for f in files]
     return reduce(lambda a, b: a.unionByName(b), frames)
 
 
-def decode_idx(files: list[tuple[str, str, str, int, tuple[int, int]]], resize):
+def decode_idx(files: list[IdxFiles], resize):
     """Record keys → rows; records missing from a truncated file are rejected."""
-    by_image = {f"file:{f[0]}": f for f in files}
+    by_image = {f"file:{f.images}": f for f in files}
 
     def decode(batches):
         for batch in batches:
             rows = []
             for path in batch.column("path").to_pylist():
-                file_uri, _, index = path.rpartition("#")
-                img_path, lab_path, split, _, (h, w) = by_image[file_uri]
-                i = int(index)
-                pixels, labels = _idx_payload(img_path, 3), _idx_payload(lab_path, 1)
+                key, _, index = path.rpartition("#")
+                f = by_image[key]
+                (h, w), i = f.shape, int(index)
+                pixels, labels = _idx_payload(f.images, 3), _idx_payload(f.labels, 1)
                 if (i + 1) * h * w > len(pixels) or i >= len(labels):
                     rows.append(_rejected_row(path, f"truncated IDX file: record {i} is missing"))
                     continue
                 arr = np.frombuffer(pixels, np.uint8, h * w, i * h * w).reshape(h, w)
-                rows.append(_image_row(path, str(labels[i]), int(labels[i]), arr, split, resize))
+                rows.append(_image_row(path, str(labels[i]), int(labels[i]), arr, f.split, resize))
             yield _batch(rows)
     return decode
 
@@ -445,13 +456,13 @@ def plan(spark, src: Source, opts, scratch: str) -> Plan:
         return Plan(paths, paths, decode_bundled(src.location, opts.split, opts.resize), BUNDLED[src.location])
     if src.kind == "idx":
         files = []
-        for img, lab, split in src.idx_files:
-            (count, shape), (nlab, _) = read_idx_header(img), read_idx_header(lab)
+        for pair in src.idx_files:
+            (count, shape), (nlab, _) = read_idx_header(pair.images), read_idx_header(pair.labels)
             if count != nlab or len(shape) != 2:
-                raise PipelineError(f"{img}: {count} images of shape {shape} but {lab} has {nlab} labels")
-            files.append((img, lab, split, count, shape))
+                raise PipelineError(f"{pair.images}: {count} images of shape {shape} but {pair.labels} has {nlab} labels")
+            files.append(replace(pair, count=count, shape=shape))
         paths = idx_paths(spark, files, n)
-        return Plan(paths, paths, decode_idx(files, opts.resize), sum(f[3] for f in files))
+        return Plan(paths, paths, decode_idx(files, opts.resize), sum(f.count for f in files))
 
     fs = Files()
     root = fs.qualify(src.location)
