@@ -32,7 +32,7 @@ from functools import lru_cache
 import pyarrow as pa
 
 from pipeline import images as im
-from pipeline import taskwrite
+from pipeline import tarstream, taskwrite
 from pipeline.errors import PipelineError
 from pipeline.io import Files, absolute, arrow_filesystem, is_hidden, is_local, object_store_env, use_object_store_env
 from pipeline.schemas import MANIFEST_SCHEMA, REJECTED_SCHEMA
@@ -305,7 +305,7 @@ def decode_parquet(split, resize, max_pixels, image_column, label_column):
 
 def decode_tar(split, resize, max_pixels):
     """mapInArrow body over shards (`shard`, `known`: keys already in the dataset): each shard streamed
-    with tarfile (never extracted, never seeked), members grouped into samples by WebDataset's rule (a
+    (pipeline/tarstream.py: never extracted, never seeked), members grouped into samples by WebDataset's rule (a
     member's key is its path up to the first dot of its name; one sample's members are consecutive)."""
     from pipeline import ingest
 
@@ -369,11 +369,8 @@ def _samples(shard: str, limit: int):
     filesystem, path = open_uri(shard)
     key, members = None, {}
     try:
-        with filesystem.open_input_stream(path) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = member.name
+        with filesystem.open_input_stream(path) as stream:
+            for name, data in tarstream.members(stream, limit):
                 base = name.rsplit("/", 1)[-1]
                 if base.startswith(HIDDEN_TAR) or "." not in base:
                     continue
@@ -383,10 +380,7 @@ def _samples(shard: str, limit: int):
                     if key is not None:
                         yield key, members, None
                     key, members = k, {}
-                if member.size > limit:
-                    members[ext.lower()] = b""
-                    continue
-                members[ext.lower()] = tar.extractfile(member).read()
+                members[ext.lower()] = b"" if data is None else data  # None: over the limit, left unread
     except (tarfile.TarError, OSError, EOFError) as exc:
         if key is not None:
             yield key, members, f"tar shard broken inside this sample: {exc}"
