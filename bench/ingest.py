@@ -176,7 +176,7 @@ def sources(args, work: str) -> None:
 
     local_spark()
     folder = make_pngs(args.images)
-    packed = pack_sources(folder, args.images)
+    packed = pack_sources(folder, args.images, args.shard_size)
     kinds = [("folder", [folder]), ("tar shards", [packed["shards"]]),
              ("manifest", [packed["manifest"], "--label-column", "label"]),
              ("parquet bytes", [packed["hf"], "--image-column", "image", "--label-column", "label"])]
@@ -305,6 +305,8 @@ def main():
     ap.add_argument("--scale", action="store_true", help="images/s and driver RSS at 10k, 100k, 500k files")
     ap.add_argument("--scale-sizes", default="10000,100000,500000")
     ap.add_argument("--sources", action="store_true", help="tar shards, a manifest and Parquet bytes vs the folder")
+    ap.add_argument("--shard-size", type=int, default=1000,
+                    help="--sources: images per tar shard (a multiple of the cores' share keeps every core busy)")
     ap.add_argument("--manifest-scale", default="", help="e.g. 10000,100000,1000000: driver time/RSS per manifest size")
     ap.add_argument("--commit", default="", help="e.g. 1,10,100,1000,10000: commit cost per number of task files")
     ap.add_argument("--s3", action="store_true", help="--commit on moto's S3 server too")
