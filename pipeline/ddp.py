@@ -177,8 +177,18 @@ def launch(spark, fn, cfg, num_processes: int, local_mode: bool, use_gpu: bool):
     started = time.perf_counter()
     from pipeline.tracking import for_ranks
 
-    result = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu).run(
-        for_ranks(fn), cfg)
+    # torchrun gives each of several processes on one node OMP_NUM_THREADS=1 unless it is set, with a
+    # banner on stdout; barrier tasks inherit the 1 from Spark's Python workers (spark.task.cpus).
+    # The ranks set their torch threads themselves (setup).
+    quiet_omp = local_mode and num_processes > 1 and "OMP_NUM_THREADS" not in os.environ
+    if quiet_omp:
+        os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        result = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu).run(
+            for_ranks(fn), cfg)
+    finally:
+        if quiet_omp:
+            del os.environ["OMP_NUM_THREADS"]
     # the whole launch, torchrun's start and exit barrier included: a launch that ends minutes after
     # its last training line shows here (the ranks' own timings do not include it)
     log.info("%d training process(es) (local mode %s) ran for %.1f s", num_processes,

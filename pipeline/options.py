@@ -19,9 +19,10 @@ def add_distributor(p: argparse.ArgumentParser) -> dict:
     """How TorchDistributor runs the training processes."""
     p.add_argument("--num-processes", type=int, help="training processes (one per GPU on GPU workers)")
     p.add_argument("--use-gpu", choices=("on", "off"), help="train on GPUs (NCCL) instead of CPUs (gloo)")
-    p.add_argument("--local-mode", choices=("on", "off"), help="on: processes on the driver; off: barrier tasks")
+    p.add_argument("--local-mode", choices=("auto", "on", "off"),
+                   help="on: processes on the driver; off: barrier tasks; auto: on for CPU training on a local master")
     p.add_argument("--threads", type=int, help="torch threads per CPU process (0: Spark's cores / --num-processes)")
-    return {"num_processes": 2, "use_gpu": "off", "local_mode": "off", "threads": 0}
+    return {"num_processes": 2, "use_gpu": "off", "local_mode": "auto", "threads": 0}
 
 
 def check_distributor(opts) -> None:
@@ -32,6 +33,23 @@ def check_distributor(opts) -> None:
     if opts.batch_size % opts.num_processes:
         raise PipelineError(f"--batch-size {opts.batch_size} does not split evenly over --num-processes "
                             f"{opts.num_processes}")
+
+
+def local_mode(spark, opts) -> bool:
+    """Whether TorchDistributor starts the ranks on the driver (--local-mode, auto by default).
+
+    auto is on for CPU training in a classic session on a `local[...]` master: its tasks are the
+    driver's own processes, so a barrier stage would only add a Spark stage and a Python worker's
+    start to every launch (bench/ddp_launch.py). It is off elsewhere: on a cluster the ranks belong
+    on the executors, on Spark Connect the driver is the client's machine, and GPU ranks take the
+    GPUs Spark schedules to tasks (conf/gpu.yaml).
+    """
+    if opts.local_mode != "auto":
+        return opts.local_mode == "on"
+    from pipeline.session import is_connect, setting
+
+    master = setting(spark, "spark.master") or ""
+    return opts.use_gpu == "off" and not is_connect(spark) and master.startswith("local")
 
 
 def threads_per_process(spark, opts) -> int:

@@ -101,7 +101,7 @@ def run(spark, opts, record, _=None) -> dict:
         input=opts.input, folder=folder, epochs=opts.epochs, batch_size=opts.batch_size,
         learning_rate=opts.learning_rate, optimizer=opts.optimizer, augment=opts.augment, classes=splits.classes,
         n_train=splits.n_train, run_id=record.run_id, resume=resume.checkpoint, num_processes=opts.num_processes,
-        local_mode=opts.local_mode == "on", use_gpu=opts.use_gpu == "on",
+        local_mode=options.local_mode(spark, opts), use_gpu=opts.use_gpu == "on",
         threads=options.threads_per_process(spark, opts))
     if resume.done < opts.epochs:
         engine.train(spark, plan, splits)

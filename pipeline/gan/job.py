@@ -149,7 +149,7 @@ def run(spark, opts, record, _=None) -> dict:
     log.info("%s", resume.why)
     record.metrics["resumed_from_step"] = resume.done
     cfg = dataclasses.replace(cfg, resume=resume.checkpoint is not None)
-    result = ddp.launch(spark, train_worker, cfg, opts.num_processes, opts.local_mode == "on",
+    result = ddp.launch(spark, train_worker, cfg, opts.num_processes, options.local_mode(spark, opts),
                         opts.use_gpu == "on") or {}
     log.info("training finished: %s", result)
     return write_outputs(spark, opts, record, images, (n_rows, rejected), cfg)
