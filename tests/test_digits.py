@@ -111,6 +111,7 @@ def test_bad_digit_options(cli, mnist, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.default_stack  # process kills and file checks; on Spark 4 the GAN's killed-try test covers the path
 def test_a_killed_try_is_retried_with_resume_auto_from_its_checkpoint(spark, mnist, tmp_path):
     """What an Airflow retry does: the same command again. The first try dies part-way (the whole
     process tree, like a lost machine); the retry continues from the newest complete epoch."""

@@ -78,6 +78,7 @@ def test_data_version_changes_when_the_table_does(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.default_stack  # the decision reads files and fingerprints, whatever Spark carried the jobs
 def test_resume_auto_starts_fresh_when_the_input_table_changed(cli, tmp_path):
     """A retry that finds the same path holding other data (rewritten, or appended to) must not
     continue the old checkpoint: both trainers say so and start over."""
