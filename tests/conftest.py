@@ -15,7 +15,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "spark: uses the session's SparkSession (set on every test that needs the "
                                        "spark fixture; `-m 'not spark'` leaves the Spark-free tests)")
     config.addinivalue_line("markers", "default_stack: its promise does not depend on the Spark stack (a model's "
-                                       "quality, the README's quickstart): `make test STACK=spark4` leaves it to the "
+                                       "quality, the README's quickstart, a resume decided by process kills and "
+                                       "file checks): `make test STACK=spark4` leaves it to the "
                                        "default stack's run, which CI runs too")
 
 
