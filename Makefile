@@ -76,8 +76,13 @@ demo: $(STAMP)
 TEST_NEEDS := $(STAMP) $(AIRFLOW_STAMP) $(if $(filter spark4,$(STACK)),$(CLIENT_STAMP))
 # The Spark 4 stack leaves the tests marked default_stack (a model's quality, the README's quickstart:
 # promises that do not depend on the Spark version) to the default stack's run.
+# TEST_WORKERS processes share the tests a file at a time (pytest-xdist's loadfile: a module's
+# fixtures, like tests/test_cluster.py's cluster, stay in one process). On 2 cores the suite is
+# CPU-bound either way; two workers keep both cores busy while one waits on a JVM or a subprocess.
+TEST_WORKERS ?= 2
 test: $(TEST_NEEDS)
-	$(BIN)/python -m pytest -q -rs --durations=12 $(if $(filter spark4,$(STACK)),-m "not default_stack") tests
+	$(BIN)/python -m pytest -q -rs --durations=12 -n $(TEST_WORKERS) --dist loadfile \
+		$(if $(filter spark4,$(STACK)),-m "not default_stack") tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -m "not slow" tests

@@ -11,6 +11,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # once, before any JVM (xdist's workers inherit it)
+        from tests import jvm
+
+        jvm.configure(ROOT)
     config.addinivalue_line("markers", "slow: starts extra JVMs, clusters or long training (CI runs them)")
     config.addinivalue_line("markers", "spark: uses the session's SparkSession (set on every test that needs the "
                                        "spark fixture; `-m 'not spark'` leaves the Spark-free tests)")

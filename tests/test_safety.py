@@ -3,6 +3,7 @@ what is on disk and in the runs table is checked."""
 
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -18,7 +19,7 @@ from PIL import Image
 from pipeline import images as im
 from pipeline import safety
 from pipeline.errors import PipelineError
-from tests.conftest import ROOT, digits_table, kill_tree
+from tests.conftest import ROOT, descendants, digits_table, kill_tree
 
 # ---------------------------------------------------------------- no code from data files
 
@@ -278,6 +279,10 @@ def test_two_writers_race_and_a_killed_run_leaves_nothing_behind(tmp_path):
     while not list(tmp_path.glob("ds.__tmp_*/_inputs")) and first.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert lease.exists() and first.poll() is None
+    # frozen mid-write (its whole tree), so that it is still writing whatever the second one's start
+    # costs on a busy machine; the kill below ends it like a lost machine
+    for pid in [first.pid, *descendants(first.pid)]:
+        os.kill(pid, signal.SIGSTOP)
     holder = json.loads(lease.read_text())
     second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert second.returncode == 2, second.stderr[-2000:]
