@@ -87,14 +87,20 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def kill_tree(proc) -> None:
-    """Like a lost machine: the driver, its JVM, Spark's Python workers, torchrun and the ranks all
-    die at once (the ranks start their own sessions, so a process-group kill misses them)."""
+def signal_tree(proc, sig) -> None:
+    """`sig` to a process and every descendant (the ranks start their own sessions, so a
+    process-group signal misses them); one that has just exited is skipped."""
     for pid in [proc.pid, *descendants(proc.pid)]:
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def kill_tree(proc) -> None:
+    """Like a lost machine: the driver, its JVM, Spark's Python workers, torchrun and the ranks all
+    die at once."""
+    signal_tree(proc, signal.SIGKILL)
     proc.wait()
 
 

@@ -46,15 +46,20 @@ def _write_archive(path: str, root: str) -> bool:
     tmp = f"{path}.{os.getpid()}.tmp"
     env = {**os.environ, "SPARK_SUBMIT_OPTS": f"-XX:ArchiveClassesAtExit={tmp} {QUIET}",
            "PYSPARK_PYTHON": sys.executable}
-    with tempfile.TemporaryDirectory() as out:
-        r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "spark-submit"), "--master", "local[2]",
-                            os.path.join(root, "jobs", "ingest.py"), "--source", "digits", "--output",
-                            f"{out}/ds", "--runs-table", f"{out}/runs"], env=env, cwd=out, capture_output=True,
-                           timeout=300)
-    if r.returncode != 0 or not os.path.exists(tmp):
-        return False
-    os.replace(tmp, path)
-    return True
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "spark-submit"), "--master",
+                                "local[2]", os.path.join(root, "jobs", "ingest.py"), "--source", "digits", "--output",
+                                f"{out}/ds", "--runs-table", f"{out}/runs"], env=env, cwd=out, capture_output=True,
+                               timeout=300)
+        if r.returncode == 0 and os.path.exists(tmp):
+            os.replace(tmp, path)
+            return True
+    except (OSError, subprocess.TimeoutExpired):
+        pass  # no archive: the JVMs start as Spark starts them, only slower
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    return False
 
 
 def configure(root: str) -> None:

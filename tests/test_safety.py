@@ -19,7 +19,7 @@ from PIL import Image
 from pipeline import images as im
 from pipeline import safety
 from pipeline.errors import PipelineError
-from tests.conftest import ROOT, descendants, digits_table, kill_tree
+from tests.conftest import ROOT, digits_table, kill_tree, signal_tree
 
 # ---------------------------------------------------------------- no code from data files
 
@@ -281,8 +281,7 @@ def test_two_writers_race_and_a_killed_run_leaves_nothing_behind(tmp_path):
     assert lease.exists() and first.poll() is None
     # frozen mid-write (its whole tree), so that it is still writing whatever the second one's start
     # costs on a busy machine; the kill below ends it like a lost machine
-    for pid in [first.pid, *descendants(first.pid)]:
-        os.kill(pid, signal.SIGSTOP)
+    signal_tree(first, signal.SIGSTOP)
     holder = json.loads(lease.read_text())
     second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert second.returncode == 2, second.stderr[-2000:]
