@@ -37,11 +37,29 @@ env_dir=build/env-$stack-$flavor
 rm -rf "$env_dir"
 "$("$PY" -c 'import sys; print(sys._base_executable)')" -m venv "$env_dir"
 pip_env=("$env_dir/bin/python" -m pip install -q --disable-pip-version-check -c "$constraints")
-"${pip_env[@]}" "$wheel$extras"
+# The cluster's own Spark runs the executors: the env must not shadow it, so the wheel goes in
+# without its dependencies and they go in from its metadata, less pyspark (and so py4j).
+# Installing pyspark only to uninstall it cost ~25 s per env.
+"$PY" - "$wheel" "$extras" > "build/requirements-$stack-$flavor.txt" <<'EOF'
+import sys, zipfile
+from email.parser import Parser
+from packaging.requirements import Requirement
+
+wheel, extras = sys.argv[1], [e for e in sys.argv[2].strip("[]").split(",") if e] or [""]
+with zipfile.ZipFile(wheel) as z:
+    meta = Parser().parsestr(z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode())
+for line in meta.get_all("Requires-Dist") or []:
+    req = Requirement(line)
+    if req.name != "pyspark" and (req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras)):
+        print(f"{req.name}{req.specifier}")
+EOF
+"${pip_env[@]}" -r "build/requirements-$stack-$flavor.txt"
+"${pip_env[@]}" --no-deps "$wheel"
 if [ "$stack" = spark35 ]; then
   "${pip_env[@]}" --no-deps -r requirements-bigdl.txt
 fi
-# the cluster's own Spark runs the executors: the env must not shadow it
-"$env_dir/bin/python" -m pip uninstall -q -y pyspark py4j
+if "$env_dir/bin/python" -c 'import pyspark' 2>/dev/null; then
+  echo "scripts/dist.sh: pyspark got into $env_dir: it would shadow the cluster's Spark" >&2; exit 1
+fi
 "$(dirname "$PY")/venv-pack" -q -p "$env_dir" -o "dist/sparkgan-env-$stack-$flavor.tar.gz"
 ls -lh dist/

@@ -8,6 +8,7 @@ from pipeline.config import load_profile
 from pipeline.session import bigdl_missing, get_session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytest_plugins = ["tests.cpuclock"]  # CPU seconds per test beside --durations
 
 
 def pytest_configure(config):

@@ -120,12 +120,13 @@ def test_ingest_and_digits_on_cluster_survive_a_lost_worker(cluster, tmp_path):
     images = tmp_path / "mnist" / "images"
     assert pq.read_table(images).num_rows == 5000
 
-    # Kill one worker (and its executor) right after the first epoch.
+    # Kill one worker (and its executor) right after the first epoch. (BigDL's LeNet-5 is at ~0.97
+    # validation top-1 after two epochs, ~0.98 after three.)
     out = tmp_path / "digits"
-    proc = submit(cluster, "train_digits", "--input", images, "--output", out, "--epochs", 4,
+    proc = submit(cluster, "train_digits", "--input", images, "--output", out, "--epochs", 3,
                   "--runs-table", runs, background=True)
-    head = wait_for(proc, "epoch 1/4")
-    assert "epoch 1/4" in head, head[-3000:]
+    head = wait_for(proc, "epoch 1/3")
+    assert "epoch 1/3" in head, head[-3000:]
     pids = sorted((cluster["state"] / "pids").glob("*Worker-2.pid"))
     worker = int(pids[0].read_text())
     executors = subprocess.run(["pgrep", "-P", str(worker)], capture_output=True, text=True).stdout.split()
@@ -135,17 +136,17 @@ def test_ingest_and_digits_on_cluster_survive_a_lost_worker(cluster, tmp_path):
     log = head + rest
     # what the README promises: BigDL carries on with the surviving executor and commits
     assert proc.returncode == 0, log[-3000:]
-    assert "epoch 4/4" in log and top1(out) > 0.95
+    assert "epoch 3/3" in log and top1(out) > 0.95
     assert not list(tmp_path.glob("*__tmp_*"))
 
     # Kill the driver itself mid-training: nothing is committed, then --resume finishes the job
     # on the one worker left.
     out2 = tmp_path / "digits2"
-    proc = submit(cluster, "train_digits", "--input", images, "--output", out2, "--epochs", 3,
+    proc = submit(cluster, "train_digits", "--input", images, "--output", out2, "--epochs", 2,
                   "--runs-table", runs, cores=1, background=True)
-    head = wait_for(proc, "epoch 2/3")
-    assert "epoch 2/3" in head, head[-3000:]
-    done = tmp_path / "digits2.checkpoints" / "epoch-0002" / "DONE"
+    head = wait_for(proc, "epoch 1/2")
+    assert "epoch 1/2" in head, head[-3000:]
+    done = tmp_path / "digits2.checkpoints" / "epoch-0001" / "DONE"
     for _ in range(100):  # the checkpoint is written right after the epoch's log line
         if done.exists():
             break
@@ -153,11 +154,11 @@ def test_ingest_and_digits_on_cluster_survive_a_lost_worker(cluster, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not out2.exists() and not list(tmp_path.glob("*__tmp_*"))
-    r = submit(cluster, "train_digits", "--input", images, "--output", out2, "--epochs", 3, "--resume",
+    r = submit(cluster, "train_digits", "--input", images, "--output", out2, "--epochs", 2, "--resume",
                "--runs-table", runs, cores=1)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     log = r.stdout + r.stderr
-    assert "resuming from" in log and "epoch-0002" in log and "epoch 3/3" in log
-    assert "epoch 1/3" not in log
+    assert "resuming from" in log and "epoch-0001" in log and "epoch 2/2" in log
+    assert "epoch 1/2" not in log
     assert top1(out2) > 0.95
     assert pq.read_table(out2 / "predictions").num_rows == 5000

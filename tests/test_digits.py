@@ -114,11 +114,12 @@ def test_bad_digit_options(cli, mnist, tmp_path):
 @pytest.mark.default_stack  # process kills and file checks; on Spark 4 the GAN's killed-try test covers the path
 def test_a_killed_try_is_retried_with_resume_auto_from_its_checkpoint(spark, mnist, tmp_path):
     """What an Airflow retry does: the same command again. The first try dies part-way (the whole
-    process tree, like a lost machine); the retry continues from the newest complete epoch."""
+    process tree, like a lost machine); the retry continues from the newest complete epoch.
+    (No augmentation: the promise is about epochs, and un-augmented ones take ~3 s here.)"""
     import pyarrow.parquet as pq
 
     out, runs = tmp_path / "digits", tmp_path / "runs"
-    args = [sys.executable, "-m", "pipeline", "train_digits", "--engine", "torch", "--input", mnist,
+    args = [sys.executable, "-m", "pipeline", "train_digits", "--engine", "torch", "--input", mnist, "--augment", "0",
             "--output", str(out), "--epochs", "5", "--resume", "auto", "--mode", "overwrite", "--runs-table", str(runs)]
     first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
