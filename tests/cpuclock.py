@@ -29,15 +29,12 @@ def tree_cpu(root: int) -> float:
         pid = int(name)
         parent[pid] = int(fields[1])
         cpu[pid] = sum(int(f) for f in fields[11:15]) / HZ  # utime stime cutime cstime
-    total, stack, seen = 0.0, [root], set()
     children = {}
     for pid, ppid in parent.items():
         children.setdefault(ppid, []).append(pid)
-    while stack:
+    total, stack = 0.0, [root]
+    while stack:  # parent links form a tree: each pid is reached once
         pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
         total += cpu.get(pid, 0.0)
         stack.extend(children.get(pid, ()))
     return total
