@@ -178,12 +178,14 @@ class Holder:
         return f"run {self.run_id} (pid {self.pid} on {self.host}, since {self.started})"
 
 
-def _process_start(pid: int) -> str:
+def _process_stat(pid: int) -> tuple[str, str]:
+    """(state, start time) of a process from /proc; ("", "") where there is no /proc to read."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
     except (OSError, IndexError):
-        return ""
+        return "", ""
 
 
 def _alive(h: Holder) -> bool:
@@ -195,7 +197,12 @@ def _alive(h: Holder) -> bool:
         return False
     except PermissionError:
         pass
-    return not h.boot or _process_start(h.pid) in ("", h.boot)
+    state, start = _process_stat(h.pid)
+    # a killed holder that nobody has reaped yet (a container whose init does not reap, or a parent
+    # killed with it) still answers kill(pid, 0): a zombie holds nothing
+    if state in ("Z", "X"):
+        return False
+    return not h.boot or start in ("", h.boot)
 
 
 def _read_holder(path: str) -> Holder | None:
@@ -215,7 +222,7 @@ class Lease:
         self.target, self.path, self.option = path, f"{path}{LEASE_SUFFIX}", option
         now = dt.datetime.now(dt.timezone.utc)
         self.holder = Holder(socket.gethostname(), os.getpid(), run_id, f"{now:%Y-%m-%d %H:%M:%S} UTC", time.time(),
-                             _process_start(os.getpid()))
+                             _process_stat(os.getpid())[1])
         self.taken_from: Holder | None = None
         self._stop = threading.Event()
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -238,6 +239,15 @@ def test_a_live_lease_stops_a_second_writer_and_a_dead_one_is_taken_over(tmp_pat
     assert second.taken_from.run_id == "ingest-20261201T000002-cccccc"
     assert safety.lease_holder(target).run_id == "ingest-20261201T000003-dddddd"
     second.release()
+    # a killed holder not yet reaped (a zombie: kill(pid, 0) still succeeds) holds nothing either
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.05)
+    with open(target + safety.LEASE_SUFFIX, "w") as fh:
+        json.dump({"host": socket.gethostname(), "pid": zombie.pid, "run_id": "ingest-20261201T000004-ffffff",
+                   "started": "then", "renewed": time.time()}, fh)
+    assert safety.lease_holder(target) is None
+    zombie.wait()
     # another host's lease lives while it is renewed
     for renewed, alive in ((time.time(), True), (time.time() - 2 * safety.LEASE_TTL_S, False)):
         with open(target + safety.LEASE_SUFFIX, "w") as fh:
