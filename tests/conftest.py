@@ -4,6 +4,12 @@ import sys
 
 import pytest
 
+# Idle OpenMP threads (torch's CPU kernels) sleep instead of spinning: two xdist workers share two
+# cores, and a spinning thread burns the core its neighbour's job is waiting for. Measured here
+# (tests/cpuclock.py): the torch LeNet-5 test beside two busy cores 92 -> 59 CPU-s. What a job
+# computes does not change. Set before anything loads libgomp; every job the tests start inherits it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from pipeline.config import load_profile
 from pipeline.session import bigdl_missing, get_session
 

@@ -40,6 +40,13 @@ def tree_cpu(root: int) -> float:
     return total
 
 
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as fh:
+        fields = [int(f) for f in fh.readline().split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / HZ
+
+
 def _measure(item):
     start = tree_cpu(os.getpid())
     yield
@@ -47,6 +54,9 @@ def _measure(item):
 
 
 if os.path.isdir("/proc/self"):
+    def pytest_sessionstart(session):
+        session.config._cpuclock_machine = machine_cpu()
+
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_setup(item):
         yield from _measure(item)
@@ -80,7 +90,10 @@ def pytest_terminal_summary(terminalreporter):
     if not per_test:
         return
     tr = terminalreporter
-    tr.write_sep("=", f"CPU seconds: {sum(per_test.values()):.0f} in all (tests/cpuclock.py)")
+    # the rest of the machine's: xdist workers' start and collection, daemons outside a test's tree
+    machine = machine_cpu() - getattr(tr.config, "_cpuclock_machine", machine_cpu())
+    tr.write_sep("=", f"CPU seconds: {sum(per_test.values()):.0f} in tests, {machine:.0f} on the machine "
+                      "(tests/cpuclock.py)")
     for name, cpu in sorted(per_file.items(), key=lambda kv: -kv[1])[:10]:
         tr.write_line(f"{cpu:8.1f}s  {name}")
     tr.write_line("slowest tests by CPU:")

@@ -70,3 +70,11 @@ def configure(root: str) -> None:
     os.environ.setdefault("SPARK_SUBMIT_OPTS", f"{shared}{C1}")  # drivers: spark-submit, pyspark's gateway
     os.environ.setdefault("SPARK_DAEMON_JAVA_OPTS", f"{shared}{C1}")  # scripts/standalone.sh's master, workers
     os.environ.setdefault("SPARK_LAUNCHER_OPTS", C1)  # spark-class's command builder
+
+
+def executor_conf() -> list[str]:
+    """spark-submit flags giving a standalone cluster's executors the daemons' options: Spark reads
+    no environment variable for executors' JVMs. Measured here: an `ingest --source mnist` on the
+    loopback cluster, 19 -> 15 CPU-s (two executors)."""
+    opts = os.environ.get("SPARK_DAEMON_JAVA_OPTS")
+    return ["--conf", f"spark.executor.extraJavaOptions={opts}"] if opts else []

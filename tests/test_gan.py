@@ -104,7 +104,8 @@ def _runs(path, job):
 def test_srresnet_beats_bicubic_on_held_out_photos_and_upscale(spark, cli, datasets, tmp_path):
     photos = datasets / "photos" / "images"
     code, out, err = cli("train_gan", "--model", "srgan", "--input", photos, "--output", tmp_path / "sr",
-                         "--steps", 150, "--pretrain-steps", 150, "--crop", 64, "--lr", 2e-4, "--checkpoint-every", 50)
+                         "--steps", 100, "--pretrain-steps", 100, "--crop", 64, "--lr", 2e-4, "--checkpoint-every", 50)
+    # SRResNet (content loss) steps only: held-out +0.48 dB over bicubic here (150 steps: +0.54)
     assert code == 0, err
     m = dict(_runs(tmp_path / "runs", "train_gan").iloc[-1].metrics)
     print("held-out PSNR (Y) SR %.2f dB vs bicubic %.2f dB" % (m["psnr_sr"], m["psnr_bicubic"]))
@@ -150,9 +151,9 @@ def _digit_classifier(spark, images):
 def test_dcgan_samples_are_recognised_as_digits(spark, cli, mnist, tmp_path):
     images = mnist
     code, out, err = cli("train_gan", "--model", "dcgan", "--input", images, "--output", tmp_path / "dc",
-                         "--steps", 800, "--checkpoint-every", 400)
+                         "--steps", 500, "--checkpoint-every", 250)  # 0.30 of samples recognised here (800: 0.37)
     assert code == 0, err
-    assert len(os.listdir(tmp_path / "dc" / "samples")) == 13  # one grid per epoch (62 steps at batch 64), the last
+    assert len(os.listdir(tmp_path / "dc" / "samples")) == 9  # one grid per epoch (62 steps at batch 64), the last
     g = DCGANGenerator(100, 32)
     g.load_state_dict(torch.load(tmp_path / "dc" / "generator.pt", weights_only=True))
     classifier, real = _digit_classifier(spark, images)
