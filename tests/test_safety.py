@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -241,7 +240,7 @@ def test_a_live_lease_stops_a_second_writer_and_a_dead_one_is_taken_over(tmp_pat
     second.release()
     # a killed holder not yet reaped (a zombie: kill(pid, 0) still succeeds) holds nothing either
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
-    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+    while safety._process_stat(zombie.pid)[0] != "Z":
         time.sleep(0.05)
     with open(target + safety.LEASE_SUFFIX, "w") as fh:
         json.dump({"host": socket.gethostname(), "pid": zombie.pid, "run_id": "ingest-20261201T000004-ffffff",
