@@ -36,7 +36,15 @@ cp -r pipeline build/pyfiles/ && find build/pyfiles -name __pycache__ -prune -ex
 env_dir=build/env-$stack-$flavor
 rm -rf "$env_dir"
 "$("$PY" -c 'import sys; print(sys._base_executable)')" -m venv "$env_dir"
-pip_env=("$env_dir/bin/python" -m pip install -q --disable-pip-version-check -c "$constraints")
+# uv where `make setup` put it (minutes faster than pip on a set this size), else pip; uv reads no
+# pip config, so pip's local sources (a wheel folder, local indexes) are handed on by scripts/uv_env.sh
+if [ -x "$(dirname "$PY")/uv" ]; then
+  # shellcheck source=scripts/uv_env.sh
+  . scripts/uv_env.sh "$PY"
+  pip_env=("$(dirname "$PY")/uv" pip install -q --compile-bytecode --python "$env_dir/bin/python" -c "$constraints")
+else
+  pip_env=("$env_dir/bin/python" -m pip install -q --disable-pip-version-check -c "$constraints")
+fi
 # The cluster's own Spark runs the executors: the env must not shadow it, so the wheel goes in
 # without its dependencies and they go in from its metadata, less pyspark (and so py4j).
 # (Installing pyspark only to uninstall it cost ~5 s per env here, with pip's cache warm.)
