@@ -47,6 +47,18 @@ def machine_cpu() -> float:
     return (sum(fields) - fields[3] - fields[4]) / HZ
 
 
+def loop_ms() -> float:
+    """CPU milliseconds of a fixed pure-Python loop: the machine's speed at this moment. Here the
+    same tests have taken a third more CPU seconds in one run than in another; this number tells
+    such a run apart from a slower change."""
+    import time
+
+    start, total = time.process_time(), 0
+    for i in range(2_000_000):
+        total += i * i
+    return (time.process_time() - start) * 1000
+
+
 def _measure(item):
     start = tree_cpu(os.getpid())
     yield
@@ -56,6 +68,7 @@ def _measure(item):
 if os.path.isdir("/proc/self"):
     def pytest_sessionstart(session):
         session.config._cpuclock_machine = machine_cpu()
+        session.config._cpuclock_loop = loop_ms()
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_setup(item):
@@ -94,6 +107,9 @@ def pytest_terminal_summary(terminalreporter):
     machine = machine_cpu() - getattr(tr.config, "_cpuclock_machine", machine_cpu())
     tr.write_sep("=", f"CPU seconds: {sum(per_test.values()):.0f} in tests, {machine:.0f} on the machine "
                       "(tests/cpuclock.py)")
+    if hasattr(tr.config, "_cpuclock_loop"):
+        tr.write_line(f"machine speed: a fixed Python loop took {tr.config._cpuclock_loop:.0f} ms of CPU at the "
+                      f"start, {loop_ms():.0f} ms at the end")
     for name, cpu in sorted(per_file.items(), key=lambda kv: -kv[1])[:10]:
         tr.write_line(f"{cpu:8.1f}s  {name}")
     tr.write_line("slowest tests by CPU:")
