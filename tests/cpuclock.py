@@ -49,8 +49,8 @@ def machine_cpu() -> float:
 
 def loop_ms() -> float:
     """CPU milliseconds of a fixed pure-Python loop: the machine's speed at this moment. Here the
-    same tests have taken a third more CPU seconds in one run than in another; this number tells
-    such a run apart from a slower change."""
+    same tests have taken 40-70 % more CPU seconds in one session than in another; this number
+    tells such a run apart from a slower change."""
     import time
 
     start, total = time.process_time(), 0
