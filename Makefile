@@ -86,7 +86,7 @@ TEST_NEEDS := $(STAMP) $(AIRFLOW_STAMP) $(if $(filter spark4,$(STACK)),$(CLIENT_
 # CPU-bound either way; two workers keep both cores busy while one waits on a JVM or a subprocess.
 TEST_WORKERS ?= 2
 test: $(TEST_NEEDS)
-	$(BIN)/python -m pytest -q -rs --durations=12 -n $(TEST_WORKERS) --dist loadfile \
+	$(BIN)/python -m pytest -q -rs --durations=12 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
 		$(if $(filter spark4,$(STACK)),-m "not default_stack") tests
 
 test-fast: $(STAMP)

@@ -14,7 +14,7 @@ from pipeline.config import load_profile
 from pipeline.session import bigdl_missing, get_session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytest_plugins = ["tests.cpuclock"]  # CPU seconds per test beside --durations
+pytest_plugins = ["tests.cpuclock", "tests.order"]  # CPU seconds per test beside --durations; heaviest files first
 
 
 def pytest_configure(config):
@@ -31,7 +31,10 @@ def pytest_configure(config):
                                        "default stack's run, which CI runs too")
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
+    from tests.order import heaviest_first
+
+    heaviest_first(config, items)
     for item in items:
         if "spark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.spark)
