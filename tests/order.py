@@ -8,13 +8,15 @@ controller: the Connect tests are the longest on Spark 4 and skipped on 3.5); a 
 not know yet (a fresh clone) weighs a minute per slow-marked test. Only the order changes.
 """
 
+import pytest
+
 UNKNOWN_SLOW_TEST_S = 60.0
 
 
 def _key() -> str:
     from pipeline.session import stack
 
-    return f"sparkgan/file_seconds/{stack()}"
+    return f"sparkgan/file_seconds_{stack()}"
 
 
 def _file(nodeid: str) -> str:
@@ -34,12 +36,30 @@ def heaviest_first(config, items) -> None:
     items.sort(key=lambda item: (-weight[_file(item.nodeid)], first_seen[_file(item.nodeid)]))
 
 
+def pytest_deselected(items):
+    """A file some of whose tests -m or -k left out: its seconds are not its whole cost."""
+    if items:
+        partial = items[0].config.__dict__.setdefault("_sparkgan_partial", set())
+        partial.update(_file(item.nodeid) for item in items)
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workerinput"):  # an xdist worker hands them to the controller
+        session.config.workeroutput["sparkgan_partial"] = sorted(getattr(session.config, "_sparkgan_partial", ()))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    partial = node.config.__dict__.setdefault("_sparkgan_partial", set())
+    partial.update(getattr(node, "workeroutput", {}).get("sparkgan_partial", ()))
+
+
 def pytest_terminal_summary(terminalreporter, config):
     cache = getattr(config, "cache", None)
     if cache is None or hasattr(config, "workerinput"):
         return
     seconds = dict(cache.get(_key(), {}))
-    partial = {_file(item.nodeid) for item in terminalreporter.stats.get("deselected", ())}  # -m, -k
+    partial = getattr(config, "_sparkgan_partial", set())
     ran: dict[str, float] = {}
     for reports in terminalreporter.stats.values():
         for rep in reports:
