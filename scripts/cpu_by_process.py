@@ -6,8 +6,8 @@ second counts as much as a daemon. Needs root and the `acct` package (apt-get in
 
 The accounting record has no command line, so a thread polls /proc for new processes' command
 lines meanwhile (a process younger than the poll, 0.2 s, shows as its program's name). Processes
-that outlive the command (a cluster left running) are not counted. A first finding (docs/performance.md,
-The test suite): Python workers, not JVMs, were the largest share of the suite's CPU.
+that outlive the command (a cluster left running) are not counted. What it found in the suite:
+docs/performance.md, The test suite.
 """
 
 import argparse
