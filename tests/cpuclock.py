@@ -1,13 +1,19 @@
 """CPU seconds per test, next to pytest's --durations: what the suite's time is made of.
 
 On two cores and two xdist workers the suite is CPU-bound, so a test's wall time says as much
-about its neighbour as about itself; its CPU does not. A test's CPU is that of the xdist worker's
-whole process tree (its SparkSession's JVM and Python workers, the jobs it starts, their torchrun
-ranks) over the test's setup, call and teardown, read from /proc. Processes that outlive their
-parent and are re-parented to init (a standalone cluster's daemons) are not counted: the cluster
-tests' CPU is a lower bound. Linux only; elsewhere the report is left out.
+about its neighbour as about itself; its CPU does not. A test's CPU is that of everything its
+xdist worker started (its SparkSession's JVM and Python workers, the jobs it starts, their torchrun
+ranks, a cluster's daemons) over the test's setup, call and teardown.
+
+Where the machine allows it (Linux, root, cgroup v1's cpuacct), each pytest process puts itself
+in a cgroup of its own and reads the kernel's count for it: every process started from it stays in
+that group whatever becomes of its parent, and the CPU of one that exits stays counted. Elsewhere
+it adds up the /proc process tree, which misses what exits unreaped or is re-parented to init: on
+this machine Spark's Python workers (their CPU left the tree when they exited, so a test could
+show negative seconds) and the standalone clusters' daemons, half the suite's CPU in all.
 """
 
+import glob
 import os
 
 import pytest
@@ -40,6 +46,56 @@ def tree_cpu(root: int) -> float:
     return total
 
 
+CGROUP_ROOT = "/sys/fs/cgroup/cpuacct"
+
+
+class Group:
+    """This process, and everything it starts from now on, in a cpuacct cgroup of its own."""
+
+    def __init__(self):
+        self.path = os.path.join(CGROUP_ROOT, f"sparkgan-tests-{os.getpid()}")
+        os.makedirs(self.path, exist_ok=True)
+        try:
+            with open(os.path.join(self.path, "cgroup.procs"), "w") as fh:
+                fh.write(str(os.getpid()))
+        except OSError:
+            os.rmdir(self.path)
+            raise
+
+    def cpu(self) -> float:
+        with open(os.path.join(self.path, "cpuacct.usage")) as fh:
+            return int(fh.read()) / 1e9
+
+    def leave(self) -> None:
+        """Back to the parent's group; the group goes once nothing is left in it (a daemon a test
+        left running keeps it, empty of tests, until it exits)."""
+        try:
+            with open(os.path.join(os.path.dirname(self.path), "cgroup.procs"), "w") as fh:
+                fh.write(str(os.getpid()))
+            os.rmdir(self.path)
+        except OSError:
+            pass
+
+
+def _group():
+    for old in glob.glob(os.path.join(CGROUP_ROOT, "sparkgan-tests-*")):
+        try:
+            os.rmdir(old)  # an earlier run's, once its last process has exited; a busy one stays
+        except OSError:
+            pass
+    try:
+        return Group() if os.path.isdir(CGROUP_ROOT) else None
+    except OSError:  # not root, or the hierarchy is read-only: count the process tree instead
+        return None
+
+
+_GROUP = None
+
+
+def cpu_now() -> float:
+    return _GROUP.cpu() if _GROUP else tree_cpu(os.getpid())
+
+
 def machine_cpu() -> float:
     """CPU seconds the whole machine has spent busy since boot (/proc/stat: all but idle and iowait)."""
     with open("/proc/stat") as fh:
@@ -60,12 +116,20 @@ def loop_ms() -> float:
 
 
 def _measure(item):
-    start = tree_cpu(os.getpid())
+    start = cpu_now()
     yield
-    item.cpu_phase = tree_cpu(os.getpid()) - start
+    item.cpu_phase = cpu_now() - start
 
 
 if os.path.isdir("/proc/self"):
+    def pytest_configure(config):
+        global _GROUP
+        _GROUP = _group()  # xdist's workers start from the controller's group and move to their own
+
+    def pytest_unconfigure(config):
+        if _GROUP:
+            _GROUP.leave()
+
     def pytest_sessionstart(session):
         session.config._cpuclock_machine = machine_cpu()
         session.config._cpuclock_loop = loop_ms()
@@ -103,9 +167,11 @@ def pytest_terminal_summary(terminalreporter):
     if not per_test:
         return
     tr = terminalreporter
-    # the rest of the machine's: xdist workers' start and collection, daemons outside a test's tree
+    # the rest of the machine's: xdist workers' start and collection (and, counting by process tree,
+    # what left the tree: see the docstring)
     machine = machine_cpu() - getattr(tr.config, "_cpuclock_machine", machine_cpu())
-    tr.write_sep("=", f"CPU seconds: {sum(per_test.values()):.0f} in tests, {machine:.0f} on the machine "
+    how = "kernel's count per cgroup" if _GROUP else "process trees: a lower bound"
+    tr.write_sep("=", f"CPU seconds: {sum(per_test.values()):.0f} in tests ({how}), {machine:.0f} on the machine "
                       "(tests/cpuclock.py)")
     if hasattr(tr.config, "_cpuclock_loop"):
         tr.write_line(f"machine speed: a fixed Python loop took {tr.config._cpuclock_loop:.0f} ms of CPU at the "
