@@ -20,6 +20,16 @@ mlflow = pytest.importorskip("mlflow", reason="MLflow tracking: mlflow is not in
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_after(monkeypatch):
+    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI in os.environ, which every later job of
+    this xdist worker would read (and its subprocesses inherit) as an order to track: undone after
+    each test. Found when a Connect test ran after this file's and its jobs logged to this server."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    mlflow.set_tracking_uri(None)  # mlflow's own default again, in this process
+
+
 def _runs(path):
     return pq.read_table(str(path)).to_pandas().sort_values("started_at")
 
