@@ -64,7 +64,7 @@ def _write_archive(path: str, root: str) -> bool:
 
 def configure(root: str) -> None:
     """Set the JVM options of every Spark JVM this test session starts, in-process or not (the
-    README test's fresh shell aside: it runs as a newcomer's would)."""
+    README test's fresh shell keeps them too: tests/test_readme.py COST_ONLY)."""
     path = _archive_path()
     shared = f"-XX:SharedArchiveFile={path} {QUIET} " if os.path.exists(path) or _write_archive(path, root) else ""
     os.environ.setdefault("SPARK_SUBMIT_OPTS", f"{shared}{C1}")  # drivers: spark-submit, pyspark's gateway

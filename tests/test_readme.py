@@ -49,8 +49,13 @@ def checkout(tmp_path):
                    env={**fresh_env(), "PYTHON": sys.executable})
 
 
+# How the suite starts JVMs and torch threads (tests/jvm.py, conftest's OMP_WAIT_POLICY): they change
+# how much CPU a JVM's start takes, not what a command does or needs, so the newcomer's shell keeps them
+COST_ONLY = ("SPARK_SUBMIT_OPTS", "SPARK_DAEMON_JAVA_OPTS", "SPARK_LAUNCHER_OPTS", "OMP_WAIT_POLICY")
+
+
 def fresh_env() -> dict:
-    keep = ("HOME", "LANG", "LC_ALL", "TMPDIR", "JAVA_HOME", "USER")
+    keep = ("HOME", "LANG", "LC_ALL", "TMPDIR", "JAVA_HOME", "USER", *COST_ONLY)
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", **{k: os.environ[k] for k in keep if k in os.environ}}
 
 
