@@ -358,10 +358,10 @@ def resolve_model(value: str, option: str, uri: str | None = None) -> str:
         raise PipelineError(f"{option} {value}: mlflow is not installed (pip install 'sparkgan[mlflow]')") from None
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     try:
-        folder = mlflow.artifacts.download_artifacts(artifact_uri=value)
+        # the URIs passed, not set: mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which the
+        # next job in this process (a test session, a notebook) would take as an order to track
+        folder = mlflow.artifacts.download_artifacts(artifact_uri=value, tracking_uri=uri, registry_uri=uri)
     except MlflowException as exc:
         raise PipelineError(f"{option} {value}: {str(exc).splitlines()[0]}") from None
     if option == "--model-file":  # a Keras model file, as mlflow.tensorflow logs one (data/model.keras) or ours

@@ -79,6 +79,8 @@ class Group:
 
 def _group():
     for old in glob.glob(os.path.join(CGROUP_ROOT, "sparkgan-tests-*")):
+        if os.path.exists(f"/proc/{old.rsplit('-', 1)[1]}"):
+            continue  # a live pytest process's (the other xdist worker may not have joined its own yet)
         try:
             os.rmdir(old)  # an earlier run's, once its last process has exited; a busy one stays
         except OSError:
