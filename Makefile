@@ -85,14 +85,14 @@ TEST_NEEDS := $(STAMP) $(AIRFLOW_STAMP) $(if $(filter spark4,$(STACK)),$(CLIENT_
 # fixtures, like tests/test_cluster.py's cluster, stay in one process). On 2 cores the suite is
 # CPU-bound either way; two workers keep both cores busy while one waits on a JVM or a subprocess.
 TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: $(TEST_NEEDS)
-	$(BIN)/python -m pytest -q -rs --durations=12 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
-		$(if $(filter spark4,$(STACK)),-m "not default_stack") tests
+	$(BIN)/python -m pytest -q -rs --durations=12 $(XDIST) $(if $(filter spark4,$(STACK)),-m "not default_stack") tests
 
 # Before a commit: everything but the slow tests (214 of them on Spark 3.5, ~4 min on 2 cores, a fifth
 # of the whole suite's CPU), on the same xdist workers as `make test`
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" tests
+	$(BIN)/python -m pytest -q -rs $(XDIST) -m "not slow" tests
 
 # the slow half alone: loopback standalone cluster, packed env, training runs, the DAG run
 test-cluster: $(STAMP) $(AIRFLOW_STAMP)
